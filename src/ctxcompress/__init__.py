@@ -1,0 +1,38 @@
+"""ctxcompress: learned context compression for LLMs (SAC, PIC and their baselines).
+
+import ctxcompress as cc
+comp = cc.build_compressor("sac", ratio=4)          # embedded SmolLM2-135M by default
+ctx = comp.compress("a long document ...")
+comp.generate(ctx, ["question 1?", "question 2?"], max_new_tokens=32)
+"""
+
+__version__ = "0.1.0"
+
+from .context import CompressedContext
+from .errors import (
+    ContextMismatchError,
+    ContextTooLongError,
+    CorruptFileError,
+    CtxCompressError,
+    InvalidInputError,
+    ModelLoadError,
+)
+from .methods import METHODS, Compressor, build_compressor, load_compressor
+from .models import BaseModel, load_base_model
+
+__all__ = [
+    "METHODS",
+    "BaseModel",
+    "CompressedContext",
+    "Compressor",
+    "ContextMismatchError",
+    "ContextTooLongError",
+    "CorruptFileError",
+    "CtxCompressError",
+    "InvalidInputError",
+    "ModelLoadError",
+    "__version__",
+    "build_compressor",
+    "load_base_model",
+    "load_compressor",
+]

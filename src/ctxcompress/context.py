@@ -1,0 +1,275 @@
+"""`CompressedContext`: the one object every method produces and every consumer reads.
+
+A compressed context is either per-layer keys/values (``kind="kv"``: SAC, 500×, PIC-kv) that
+the frozen decoder uses as its KV cache, or a short sequence of input embeddings
+(``kind="embeds"``: ICAE, PIC-hidden) that it reads as a soft prompt. It records which method
+and compressor made it, which base model it belongs to, the original length L (the decoder
+continues from position L) and the compressed length.
+
+On disk it is a single safetensors file whose header metadata holds a JSON description.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from transformers import DynamicCache, PretrainedConfig
+
+from .errors import ContextMismatchError, CorruptFileError
+
+FORMAT_VERSION = 1
+_META_KEY = "ctxcompress"
+
+
+@dataclass
+class CompressedContext:
+    """A compressed context.
+
+    Attributes:
+        kind: ``"kv"`` or ``"embeds"``.
+        method: the method name (``"sac"``, ...).
+        base_model: fingerprint of the base model (see ``models.model_fingerprint``).
+        compressor: fingerprint of the trained compressor parameters that made it.
+        original_length: L, the number of context tokens compressed; the decoder's first
+            position id.
+        keys, values: for ``kind="kv"``: ``[num_layers, num_kv_heads, C, head_dim]`` each,
+            keys after RoPE.
+        embeds: for ``kind="embeds"``: ``[C, hidden_size]``.
+        positions: optional ``[C]`` position ids the compressed entries stand for.
+        meta: free-form JSON-serialisable extras (ratio, source text hash, ...).
+    """
+
+    kind: Literal["kv", "embeds"]
+    method: str
+    base_model: str
+    compressor: str
+    original_length: int
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def compressed_length(self) -> int:
+        return int(self.keys.shape[2] if self.kind == "kv" else self.embeds.shape[0])
+
+    @property
+    def ratio(self) -> float:
+        """Achieved compression ratio L / C."""
+        return self.original_length / max(1, self.compressed_length)
+
+    @property
+    def num_bytes(self) -> int:
+        tensors = (self.keys, self.values) if self.kind == "kv" else (self.embeds,)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def validate(self) -> None:
+        """Check internal consistency; raises ``CorruptFileError`` when it does not hold."""
+        if self.kind == "kv":
+            k, v = self.keys, self.values
+            if k is None or v is None or self.embeds is not None:
+                raise CorruptFileError("A kind='kv' context needs keys and values (no embeds).")
+            if k.dim() != 4 or k.shape != v.shape:
+                raise CorruptFileError(
+                    f"keys/values must both be [layers, kv_heads, C, head_dim]; got "
+                    f"{tuple(k.shape)} and {tuple(v.shape)}."
+                )
+        elif self.kind == "embeds":
+            if self.embeds is None or self.keys is not None or self.values is not None:
+                raise CorruptFileError("A kind='embeds' context needs embeds (no keys/values).")
+            if self.embeds.dim() != 2:
+                raise CorruptFileError(
+                    f"embeds must be [C, hidden]; got {tuple(self.embeds.shape)}"
+                )
+        else:
+            raise CorruptFileError(
+                f"Unknown context kind {self.kind!r}; expected 'kv' or 'embeds'."
+            )
+        if self.positions is not None and self.positions.shape != (self.compressed_length,):
+            raise CorruptFileError("positions must have one entry per compressed entry.")
+        if self.original_length < 1:
+            raise CorruptFileError(f"original_length must be >= 1, got {self.original_length}.")
+
+    def check_compatible(self, *, method: str, base_model: str, compressor: str | None = None):
+        """Refuse a context made by another method, base model or trained compressor."""
+        if self.method != method:
+            raise ContextMismatchError(
+                f"This context was made by method {self.method!r}; it cannot be read by a "
+                f"{method!r} compressor. Compress the text again with this compressor."
+            )
+        if self.base_model != base_model:
+            raise ContextMismatchError(
+                f"This context was made for base model {self.base_model}, not {base_model}. "
+                "Load the compressor it was made with, or compress the text again."
+            )
+        if compressor is not None and self.compressor != compressor:
+            raise ContextMismatchError(
+                f"This context was made by compressor {self.compressor}; the loaded one is "
+                f"{compressor} (other trained weights). Compress the text again."
+            )
+
+    # ------------------------------------------------------------------ conversions
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """A copy with tensors moved/cast (positions stay integer)."""
+
+        def move(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        return CompressedContext(
+            kind=self.kind,
+            method=self.method,
+            base_model=self.base_model,
+            compressor=self.compressor,
+            original_length=self.original_length,
+            keys=move(self.keys),
+            values=move(self.values),
+            embeds=move(self.embeds),
+            positions=None if self.positions is None else self.positions.to(device),
+            meta=dict(self.meta),
+        )
+
+    def detach(self) -> CompressedContext:
+        def det(t):
+            return None if t is None else t.detach()
+
+        return CompressedContext(
+            kind=self.kind,
+            method=self.method,
+            base_model=self.base_model,
+            compressor=self.compressor,
+            original_length=self.original_length,
+            keys=det(self.keys),
+            values=det(self.values),
+            embeds=det(self.embeds),
+            positions=self.positions,
+            meta=dict(self.meta),
+        )
+
+    def to_dynamic_cache(
+        self, batch_size: int = 1, config: PretrainedConfig | None = None
+    ) -> DynamicCache:
+        """The keys/values as a transformers ``DynamicCache`` of ``batch_size`` rows.
+
+        Rows are expanded views of this context's tensors: decoding appends to the cache by
+        concatenation, which allocates new tensors, so the context itself is never mutated.
+        """
+        if self.kind != "kv":
+            raise ContextMismatchError("Only kind='kv' contexts convert to a KV cache.")
+        layers = [
+            (
+                self.keys[i].unsqueeze(0).expand(batch_size, -1, -1, -1),
+                self.values[i].unsqueeze(0).expand(batch_size, -1, -1, -1),
+            )
+            for i in range(self.keys.shape[0])
+        ]
+        return DynamicCache(ddp_cache_data=layers, config=config)
+
+    # ------------------------------------------------------------------ persistence
+    def header(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "method": self.method,
+            "base_model": self.base_model,
+            "compressor": self.compressor,
+            "original_length": self.original_length,
+            "compressed_length": self.compressed_length,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the context as one safetensors file (atomically: no half-written files)."""
+        path = Path(path)
+        tensors = {
+            "keys": self.keys,
+            "values": self.values,
+            "embeds": self.embeds,
+            "positions": self.positions,
+        }
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items() if v is not None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={_META_KEY: json.dumps(self.header())})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        expect_method: str | None = None,
+        expect_base_model: str | None = None,
+    ) -> CompressedContext:
+        """Read a context written by :meth:`save`.
+
+        ``expect_method`` / ``expect_base_model`` refuse a context made for something else
+        (``Compressor.load_context`` passes its own). A truncated or foreign file raises
+        ``CorruptFileError`` naming the file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No compressed context at {path}.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(str(path), device=str(device) if device else "cpu")
+            header = json.loads(metadata[_META_KEY])
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as exc:
+            raise CorruptFileError(
+                f"{path} is not a readable ctxcompress context (truncated, corrupted or not "
+                f"written by CompressedContext.save): {exc}"
+            ) from exc
+        try:
+            if header["format_version"] > FORMAT_VERSION:
+                raise CorruptFileError(
+                    f"{path} uses context format {header['format_version']}; this ctxcompress "
+                    f"reads up to {FORMAT_VERSION}. Upgrade ctxcompress."
+                )
+            ctx = cls(
+                kind=header["kind"],
+                method=header["method"],
+                base_model=header["base_model"],
+                compressor=header["compressor"],
+                original_length=int(header["original_length"]),
+                keys=tensors.get("keys"),
+                values=tensors.get("values"),
+                embeds=tensors.get("embeds"),
+                positions=tensors.get("positions"),
+                meta=header.get("meta", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{path} has an incomplete header: missing {exc}") from exc
+        if ctx.compressed_length != header.get("compressed_length"):
+            raise CorruptFileError(f"{path}: header and tensors disagree on the compressed length.")
+        if expect_method is not None or expect_base_model is not None:
+            ctx.check_compatible(
+                method=expect_method or ctx.method, base_model=expect_base_model or ctx.base_model
+            )
+        return ctx
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressedContext(kind={self.kind!r}, method={self.method!r}, "
+            f"L={self.original_length}, C={self.compressed_length}, ratio={self.ratio:.2f}, "
+            f"base_model={self.base_model!r})"
+        )

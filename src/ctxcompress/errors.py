@@ -1,0 +1,31 @@
+"""Exceptions with messages that say what was wrong and what to do about it.
+
+Every error raised on bad user input derives from :class:`CtxCompressError` (itself a
+``ValueError``), so callers can catch one type; the service maps them to 4xx responses.
+"""
+
+from __future__ import annotations
+
+
+class CtxCompressError(ValueError):
+    """Base class of every user-facing error of ctxcompress."""
+
+
+class InvalidInputError(CtxCompressError):
+    """A text, question, option or token count that cannot be used as given."""
+
+
+class ContextTooLongError(InvalidInputError):
+    """A context (plus question and answer) needs more positions than the model has."""
+
+
+class ModelLoadError(CtxCompressError):
+    """A base model or compressor could not be loaded (missing package, file or cache)."""
+
+
+class ContextMismatchError(CtxCompressError):
+    """A compressed context was made by another method, compressor or base model."""
+
+
+class CorruptFileError(CtxCompressError):
+    """A ``.ctx`` file or a saved compressor is unreadable or inconsistent."""

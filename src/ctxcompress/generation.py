@@ -1,0 +1,168 @@
+"""Decoding against compressed contexts with the frozen decoder.
+
+A decoder row is a :class:`DecoderPrompt`: an optional key/value prefix (a ``kind="kv"``
+compressed context), the input embeddings that follow it (for SAC: the learned ``[LM]``
+embedding and the question tokens; for embedding methods the soft prompt comes first) and the
+position id of the first embedding (L for SAC: the decoder continues after the original
+context, whatever the compressed length).
+
+Rows are left-padded so that every row's last prompt token sits in the last column; prefixes
+of different lengths are left-padded too, and an attention mask hides the padding. Positions
+are passed explicitly, which is why this is a small loop of its own rather than
+``model.generate`` (which derives positions from the attention mask and would place the
+question at C instead of L).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from .context import CompressedContext
+
+
+@dataclass
+class DecoderPrompt:
+    """One decoder row: ``prefix`` KV (or None), then ``embeds`` [T, H] from ``start_position``."""
+
+    prefix: CompressedContext | None
+    embeds: torch.Tensor
+    start_position: int
+
+
+@dataclass
+class DecoderBatch:
+    """Padded tensors for one decoder forward pass."""
+
+    inputs_embeds: torch.Tensor  # [B, T, H]
+    position_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, P + T], 1 = real
+    cache: DynamicCache | None
+    prompt_lengths: list[int]
+    next_positions: torch.Tensor  # [B], position id of the first generated token
+
+
+def build_decoder_batch(model: PreTrainedModel, prompts: Sequence[DecoderPrompt]) -> DecoderBatch:
+    """Pad and stack decoder rows (see module docstring for the layout)."""
+    device = prompts[0].embeds.device
+    batch = len(prompts)
+    lengths = [int(p.embeds.shape[0]) for p in prompts]
+    width = max(lengths)
+    hidden = prompts[0].embeds.shape[-1]
+    embeds = prompts[0].embeds.new_zeros(batch, width, hidden)
+    positions = torch.zeros(batch, width, dtype=torch.long, device=device)
+    prompt_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+    for row, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+        embeds[row, width - n :] = p.embeds
+        positions[row, width - n :] = torch.arange(n, device=device) + p.start_position
+        prompt_mask[row, width - n :] = 1
+    cache, prefix_mask = _stack_prefixes(model, prompts, device)
+    attention_mask = (
+        prompt_mask if prefix_mask is None else torch.cat([prefix_mask, prompt_mask], 1)
+    )
+    next_positions = torch.tensor(
+        [p.start_position + n for p, n in zip(prompts, lengths, strict=True)], device=device
+    )
+    return DecoderBatch(embeds, positions, attention_mask, cache, lengths, next_positions)
+
+
+def _stack_prefixes(model, prompts, device):
+    prefixes = [p.prefix for p in prompts]
+    if all(c is None for c in prefixes):
+        return None, None
+    if any(c is None or c.kind != "kv" for c in prefixes):
+        raise ValueError("either every decoder row has a KV prefix or none has")
+    first = prefixes[0]
+    if all(c is first for c in prefixes):  # one context, many questions: share by expansion
+        cache = first.to_dynamic_cache(len(prompts), config=model.config)
+        mask = torch.ones(len(prompts), first.compressed_length, dtype=torch.long, device=device)
+        return cache, mask
+    width = max(c.compressed_length for c in prefixes)
+    n_layers, heads, _, dim = first.keys.shape
+    keys = first.keys.new_zeros(n_layers, len(prefixes), heads, width, dim)
+    values = torch.zeros_like(keys)
+    mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=device)
+    for row, c in enumerate(prefixes):
+        n = c.compressed_length
+        keys[:, row, :, width - n :] = c.keys
+        values[:, row, :, width - n :] = c.values
+        mask[row, width - n :] = 1
+    cache = DynamicCache(ddp_cache_data=list(zip(keys, values, strict=True)), config=model.config)
+    return cache, mask
+
+
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[DecoderPrompt],
+    *,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    stop_strings: Sequence[str] = (),
+) -> list[str]:
+    """Greedy decoding for a batch of decoder rows; returns the decoded answers.
+
+    A row stops at any of ``eos_token_ids`` (not included in the answer), at the first of
+    ``stop_strings`` (cut before it), or after ``max_new_tokens`` tokens.
+    """
+    batch = build_decoder_batch(model, prompts)
+    embed = model.get_input_embeddings()
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=batch.inputs_embeds.device)
+    rows = len(prompts)
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    finished = [False] * rows
+    texts = [""] * rows
+
+    out = model(
+        inputs_embeds=batch.inputs_embeds,
+        position_ids=batch.position_ids,
+        attention_mask=batch.attention_mask,
+        past_key_values=batch.cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    attention_mask, positions, cache = (
+        batch.attention_mask,
+        batch.next_positions,
+        out.past_key_values,
+    )
+    for step in range(max_new_tokens):
+        next_tokens = out.logits[:, -1].argmax(-1)
+        is_eos = torch.isin(next_tokens, eos).tolist()
+        for row, token in enumerate(next_tokens.tolist()):
+            if finished[row]:
+                continue
+            if is_eos[row]:
+                finished[row] = True
+                continue
+            generated[row].append(token)
+            if stop_strings:
+                text = tokenizer.decode(generated[row], skip_special_tokens=True)
+                cut = _first_stop(text, stop_strings)
+                if cut is not None:
+                    texts[row], finished[row] = text[:cut], True
+        if all(finished) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], 1)
+        out = model(
+            inputs_embeds=embed(next_tokens[:, None]),
+            position_ids=positions[:, None],
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, positions = out.past_key_values, positions + 1
+    answers = []
+    for row in range(rows):
+        text = texts[row] or tokenizer.decode(generated[row], skip_special_tokens=True)
+        cut = _first_stop(text, stop_strings)
+        answers.append((text if cut is None else text[:cut]).strip())
+    return answers
+
+
+def _first_stop(text: str, stop_strings: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    return min(hits) if hits else None

@@ -1,0 +1,80 @@
+"""Compression methods, one small file each, registered by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError, ModelLoadError
+from ..models import BaseModel, load_base_model
+from .base import Compressor, CompressorConfig, read_header
+from .sac import SACCompressor, SACConfig
+
+METHODS: dict[str, type[Compressor]] = {
+    SACCompressor.method: SACCompressor,
+}
+
+
+def build_compressor(
+    method: str,
+    base_model: Any = None,
+    tokenizer: Any = None,
+    *,
+    config: CompressorConfig | dict[str, Any] | None = None,
+    dtype: Any = None,
+    attn_implementation: str = "sdpa",
+    device: Any = None,
+    **options: Any,
+) -> Compressor:
+    """Build a fresh (untrained) compressor of ``method`` on a base model.
+
+    Args:
+        method: a name from :data:`METHODS` (``"sac"``, ...).
+        base_model: a ``PreTrainedModel``, a ``BaseModel``, a local folder, a hub id, or
+            ``None`` for the embedded SmolLM2-135M-Instruct.
+        tokenizer: the tokenizer (or where to load it), if not the model's own.
+        config: a config object or dict; ``**options`` override single fields
+            (e.g. ``ratio=4``).
+    """
+    key = method.lower().replace("-", "_")
+    if key not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    cls = METHODS[key]
+    data = config.to_dict() if isinstance(config, CompressorConfig) else dict(config or {})
+    data.update(options)
+    cfg = cls.config_class.from_dict(data)
+    base = (
+        base_model
+        if isinstance(base_model, BaseModel)
+        else load_base_model(
+            base_model,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            device=device,
+        )
+    )
+    return cls(base, cfg)
+
+
+def load_compressor(path: str | os.PathLike, base_model: Any = None, **kwargs: Any) -> Compressor:
+    """Load any compressor saved with ``save_pretrained`` (the method is read from the folder)."""
+    header = read_header(Path(path))
+    if header["method"] not in METHODS:
+        raise ModelLoadError(
+            f"{path} holds a {header['method']!r} compressor, unknown to this version of "
+            f"ctxcompress (known: {', '.join(METHODS)})."
+        )
+    return METHODS[header["method"]].from_pretrained(path, base_model=base_model, **kwargs)
+
+
+__all__ = [
+    "METHODS",
+    "Compressor",
+    "CompressorConfig",
+    "SACCompressor",
+    "SACConfig",
+    "build_compressor",
+    "load_compressor",
+]

@@ -1,0 +1,513 @@
+"""The shared mechanics of every compressor: text handling, encoder/decoder switching,
+generation, fingerprints and ``save_pretrained`` / ``from_pretrained``.
+
+A method subclasses :class:`Compressor`, declares its config dataclass and implements
+:meth:`Compressor.encode_ids` (token ids -> :class:`CompressedContext` list, with gradients).
+Encoder and decoder share one set of base weights: the encoder is the base LM with the
+method's LoRA adapter active, the decoder is the same LM with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import __version__
+from ..context import CompressedContext
+from ..errors import ContextTooLongError, CorruptFileError, InvalidInputError, ModelLoadError
+from ..generation import DecoderPrompt, greedy_generate
+from ..models import BaseModel, load_base_model, max_positions
+
+CONFIG_FILE = "ctxcompress.json"
+EMBEDDINGS_FILE = "embeddings.safetensors"
+ADAPTER_DIR = "adapter"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CompressorConfig:
+    """Options shared by every compressor. Defaults follow the SAC authors' code."""
+
+    ratio: int = 4
+    """Compression ratio r: compressed length ~= L / r."""
+    chunk_size: int = 510
+    """Tokens per independently encoded chunk."""
+    context_prefix: str = "### Context:\n"
+    """Text put before the context (after BOS) when tokenizing it."""
+    add_bos: bool = True
+    """Start the context with the tokenizer's BOS token (when it has one)."""
+    question_template: str = "\n### Question:\n{question}\n### Answer:\n"
+    """Decoder prompt after the ``[LM]`` embedding; no BOS."""
+    position_start: int = 1
+    """Position id of the first context token (the authors' code is 1-based)."""
+    decoder_position_offset: int = 0
+    """``[LM]`` takes position ``L + offset`` and the question continues after it. [guess]"""
+    lora_rank: int = 128
+    """LoRA rank of the encoder adapter; 0 disables the adapter (encoder = frozen base)."""
+    lora_alpha: int = 256
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    init_std: float = 0.02
+    """Standard deviation of the learned embeddings' normal init."""
+    encoder_batch_size: int = 32
+    """Chunks per encoder forward pass (memory bound, not a modelling choice)."""
+    seed: int = 0
+    """Seed of parameter init (and of random anchors where used)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form user notes saved with the compressor."""
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise InvalidInputError(msg)
+
+        need(
+            isinstance(self.ratio, int) and not isinstance(self.ratio, bool),
+            f"ratio must be an integer >= 1, got {self.ratio!r}",
+        )
+        need(self.ratio >= 1, f"ratio must be >= 1 (r=4 means 4x compression), got {self.ratio}")
+        need(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        need(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
+        need(self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1")
+        need("{question}" in self.question_template, "question_template must contain '{question}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressorConfig:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InvalidInputError(
+                f"Unknown option(s) for {cls.__name__}: {', '.join(unknown)}. "
+                f"Known: {', '.join(sorted(names))}."
+            )
+        data = {k: tuple(v) if isinstance(v, list) and k != "extra" else v for k, v in data.items()}
+        config = cls(**data)
+        config.validate()
+        return config
+
+
+class Compressor(nn.Module):
+    """Base class: a frozen base LM, a LoRA encoder adapter and a learned ``[LM]`` embedding."""
+
+    method: ClassVar[str] = ""
+    config_class: ClassVar[type[CompressorConfig]] = CompressorConfig
+    context_kind: ClassVar[str] = "kv"
+
+    def __init__(self, base: BaseModel, config: CompressorConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.tokenizer = base.tokenizer
+        self.base_source = base.source
+        self.base_fingerprint = base.fingerprint
+        lm = base.model
+        lm.requires_grad_(False)
+        if lm.config._attn_implementation not in ("sdpa", "eager"):
+            raise ModelLoadError(
+                f"attention backend {lm.config._attn_implementation!r} is not supported; "
+                "load the model with attn_implementation='sdpa' or 'eager'."
+            )
+        self.lm = lm
+        if config.lora_rank > 0:
+            lora = LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_target_modules),
+                bias="none",
+            )
+            # Injects the LoRA layers into `lm` in place; `self.model` wraps the same modules.
+            self.model: nn.Module = get_peft_model(lm, lora)
+        else:
+            self.model = lm
+        self.generator = torch.Generator().manual_seed(config.seed)
+        hidden = lm.config.hidden_size
+        self.lm_embedding = nn.Parameter(self._normal(hidden))
+        self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
+        self.eval()
+
+    # ------------------------------------------------------------------ basics
+    def _normal(self, *shape: int) -> torch.Tensor:
+        """Init tensor N(0, init_std), reproducible from the config seed, in the model dtype."""
+        sample = torch.randn(*shape, generator=self.generator) * self.config.init_std
+        return sample.to(device=self.device, dtype=self.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.get_input_embeddings().weight.dtype
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The base LM's transformer body (no LM head): what the encoder runs."""
+        return self.lm.get_decoder()
+
+    @contextlib.contextmanager
+    def decoder_mode(self) -> Iterator[None]:
+        """Run the frozen decoder: the same base weights with the adapter switched off."""
+        if isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters training updates (LoRA weights and learned embeddings), by name."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of method, config and trained parameters; recorded in every context.
+
+        Cached, and recomputed only when a trainable tensor was modified in place (an
+        optimizer step bumps ``tensor._version``).
+        """
+        params = self.trainable_parameters()
+        versions = tuple(p._version for p in params.values())
+        if self._fingerprint_cache is None or self._fingerprint_cache[0] != versions:
+            h = hashlib.sha256(self.method.encode())
+            h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            h.update(self.base_fingerprint.encode())
+            for name, p in sorted(params.items()):
+                h.update(name.encode())
+                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint_cache = (versions, h.hexdigest()[:16])
+        return self._fingerprint_cache[1]
+
+    # ------------------------------------------------------------------ text -> ids
+    def context_ids(self, text: str) -> list[int]:
+        """Token ids of one context: ``BOS + context_prefix + text`` (METHODS.md §1)."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"a context must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInputError("a context is empty (or only whitespace): nothing to compress")
+        ids = self.tokenizer(self.config.context_prefix + text, add_special_tokens=False).input_ids
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if self.config.add_bos and bos is not None else []) + list(ids)
+
+    def question_ids(self, question: str) -> list[int]:
+        if not isinstance(question, str):
+            raise InvalidInputError(f"a question must be a str, got {type(question).__name__}")
+        if not question.strip():
+            raise InvalidInputError("a question is empty")
+        prompt = self.config.question_template.format(question=question)
+        return list(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+
+    def _check_length(self, length: int) -> None:
+        limit = max_positions(self.lm)
+        last = length - 1 + self.config.position_start
+        if last >= limit:
+            raise ContextTooLongError(
+                f"the context has {length} tokens, but the base model has only {limit} "
+                "positions (and the question and answer need some too). Split the document "
+                "into parts and compress each, or use a model with a longer context."
+            )
+
+    # ------------------------------------------------------------------ compression
+    def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
+        """Compress tokenized contexts, keeping gradients. Implemented by each method."""
+        raise NotImplementedError
+
+    def compress(self, texts: str | Sequence[str]) -> CompressedContext | list[CompressedContext]:
+        """Compress one text (-> one context) or a list of texts (-> list, encoded together)."""
+        single = isinstance(texts, str)
+        items = [texts] if single else texts
+        if not single and (not isinstance(items, Sequence) or not items):
+            raise InvalidInputError("compress() takes a str or a non-empty list of str")
+        ids = [self.context_ids(t) for t in items]
+        contexts = self.compress_ids(ids)
+        return contexts[0] if single else contexts
+
+    def compress_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
+        """Compress tokenized contexts for inference (no gradients, adapter active)."""
+        for ids in contexts:
+            if len(ids) == 0:
+                raise InvalidInputError("a tokenized context is empty")
+            self._check_length(len(ids))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                out = self.encode_ids(contexts)
+        finally:
+            self.train(was_training)
+        return [c.detach() for c in out]
+
+    def _new_context(self, original_length: int, meta: dict[str, Any] | None = None, **tensors):
+        return CompressedContext(
+            kind=self.context_kind,
+            method=self.method,
+            base_model=self.base_fingerprint,
+            compressor=self.fingerprint,
+            original_length=original_length,
+            meta={"ratio": self.config.ratio, **(meta or {})},
+            **tensors,
+        )
+
+    def load_context(self, path: str | os.PathLike) -> CompressedContext:
+        """Load a context and refuse it unless this compressor (method + base model) made it."""
+        ctx = CompressedContext.load(
+            path,
+            device=self.device,
+            expect_method=self.method,
+            expect_base_model=self.base_fingerprint,
+        )
+        ctx.check_compatible(
+            method=self.method, base_model=self.base_fingerprint, compressor=self.fingerprint
+        )
+        return ctx
+
+    # ------------------------------------------------------------------ decoding
+    def decoder_prompt(self, ctx: CompressedContext, prompt_ids: Sequence[int]) -> DecoderPrompt:
+        """One decoder row: the context, then ``[LM]`` and the prompt tokens, from position L."""
+        embed = self.lm.get_input_embeddings()
+        ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
+        parts = [self.lm_embedding[None].to(self.dtype), embed(ids)]
+        start = ctx.original_length + self.config.decoder_position_offset
+        prefix: CompressedContext | None = ctx
+        if ctx.kind == "embeds":
+            parts.insert(0, ctx.embeds.to(self.dtype))
+            start -= ctx.compressed_length
+            prefix = None
+        return DecoderPrompt(prefix=prefix, embeds=torch.cat(parts), start_position=start)
+
+    def generate(
+        self,
+        context: CompressedContext | Sequence[CompressedContext],
+        questions: str | Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        stop: Sequence[str] | str | None = None,
+        batch_size: int = 32,
+    ) -> str | list[str]:
+        """Answer questions greedily against compressed context(s).
+
+        ``context`` is one context (every question is asked against it, in batches of
+        ``batch_size``) or a list of contexts paired one-to-one with ``questions``. A single
+        question string returns a single answer. Answering never modifies the context.
+        """
+        single = isinstance(questions, str)
+        qs = [questions] if single else list(questions)
+        if not qs:
+            raise InvalidInputError("generate() needs at least one question")
+        if isinstance(context, CompressedContext):
+            contexts = [context] * len(qs)
+        else:
+            contexts = list(context)
+            if len(contexts) != len(qs):
+                raise InvalidInputError(
+                    f"{len(contexts)} contexts but {len(qs)} questions: pass one context, or "
+                    "one context per question"
+                )
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if batch_size < 1:
+            raise InvalidInputError("batch_size must be >= 1")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        for c in {id(c): c for c in contexts}.values():
+            if not isinstance(c, CompressedContext):
+                raise InvalidInputError(f"expected a CompressedContext, got {type(c).__name__}")
+            c.check_compatible(
+                method=self.method, base_model=self.base_fingerprint, compressor=self.fingerprint
+            )
+        prompt_ids = [self.question_ids(q) for q in qs]
+        limit = max_positions(self.lm)
+        for c, ids in zip(contexts, prompt_ids, strict=True):
+            end = c.original_length + self.config.decoder_position_offset + 1 + len(ids)
+            if end + max_new_tokens > limit:
+                raise ContextTooLongError(
+                    f"context ({c.original_length} tokens) + question ({len(ids)}) + "
+                    f"max_new_tokens ({max_new_tokens}) exceed the model's {limit} positions"
+                )
+        eos = self._eos_ids()
+        answers: list[str] = []
+        with torch.inference_mode(), self.decoder_mode():
+            for start in range(0, len(qs), batch_size):
+                rows = [
+                    self.decoder_prompt(c.to(self.device), ids)
+                    for c, ids in zip(
+                        contexts[start : start + batch_size],
+                        prompt_ids[start : start + batch_size],
+                        strict=True,
+                    )
+                ]
+                answers += greedy_generate(
+                    self.lm,
+                    self.tokenizer,
+                    rows,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_ids=eos,
+                    stop_strings=stops,
+                )
+        return answers[0] if single else answers
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.lm.generation_config.eos_token_id
+        ids |= set(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    # ------------------------------------------------------------------ persistence
+    def learned_embeddings(self) -> dict[str, torch.Tensor]:
+        """Trainable tensors outside the LoRA adapter (saved in ``embeddings.safetensors``)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad and "lora_" not in n}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config, LoRA adapter (peft format), learned embeddings and a model card.
+
+        Written to a temporary folder and swapped in at the end, so an interrupted save
+        never leaves a half-written compressor behind.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            header = {
+                "format_version": FORMAT_VERSION,
+                "ctxcompress_version": __version__,
+                "method": self.method,
+                "config": self.config.to_dict(),
+                "base_model": {"source": self.base_source, "fingerprint": self.base_fingerprint},
+                "fingerprint": self.fingerprint,
+            }
+            (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+            tensors = {
+                n: p.detach().cpu().contiguous() for n, p in self.learned_embeddings().items()
+            }
+            save_file(tensors, str(tmp / EMBEDDINGS_FILE))
+            if isinstance(self.model, PeftModel):
+                self.model.save_pretrained(str(tmp / ADAPTER_DIR))
+            (tmp / "README.md").write_text(self._model_card())
+            old = directory.with_name(f".{directory.name}.old")
+            if directory.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        base_model: Any = None,
+        tokenizer: Any = None,
+        **load_kwargs: Any,
+    ) -> Compressor:
+        """Rebuild a compressor saved with :meth:`save_pretrained`.
+
+        The base model is reloaded from the recorded source unless ``base_model`` is given;
+        either way its fingerprint must match the one the compressor was trained on.
+        """
+        directory = Path(directory)
+        header = read_header(directory)
+        if header["method"] != cls.method:
+            raise ModelLoadError(
+                f"{directory} holds a {header['method']!r} compressor, not {cls.method!r}; "
+                "use ctxcompress.load_compressor()."
+            )
+        config = cls.config_class.from_dict(header["config"])
+        if isinstance(base_model, BaseModel):
+            base = base_model
+        else:
+            base = load_base_model(
+                base_model or header["base_model"]["source"], tokenizer=tokenizer, **load_kwargs
+            )
+        expected = header["base_model"]["fingerprint"]
+        if base.fingerprint != expected:
+            raise ModelLoadError(
+                f"{directory} was trained on base model {expected} "
+                f"({header['base_model']['source']}); the model given is {base.fingerprint}. "
+                "Pass the original base model."
+            )
+        comp = cls(base, config)
+        comp._load_weights(directory)
+        return comp
+
+    def _load_weights(self, directory: Path) -> None:
+        try:
+            tensors = load_file(str(directory / EMBEDDINGS_FILE), device=str(self.device))
+        except Exception as exc:
+            raise CorruptFileError(f"{directory / EMBEDDINGS_FILE} is unreadable: {exc}") from exc
+        own = self.learned_embeddings()
+        if set(tensors) != set(own):
+            raise CorruptFileError(
+                f"{directory / EMBEDDINGS_FILE} holds {sorted(tensors)}, expected {sorted(own)}"
+            )
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if value.shape != own[name].shape:
+                    raise CorruptFileError(
+                        f"{name}: saved shape {tuple(value.shape)} != {tuple(own[name].shape)}"
+                    )
+                own[name].copy_(value)
+        if isinstance(self.model, PeftModel):
+            adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
+            try:
+                weights = load_file(str(adapter), device=str(self.device))
+            except Exception as exc:
+                raise CorruptFileError(f"{adapter} is unreadable: {exc}") from exc
+            result = set_peft_model_state_dict(self.model, weights)
+            if result.unexpected_keys:
+                raise CorruptFileError(
+                    f"{adapter} has unexpected weights: {result.unexpected_keys[:3]}..."
+                )
+            missing = [k for k in result.missing_keys if "lora_" in k]
+            if missing:
+                raise CorruptFileError(f"{adapter} lacks weights: {missing[:3]}...")
+
+    def _model_card(self) -> str:
+        return (
+            f"# ctxcompress {self.method.upper()} compressor\n\n"
+            f"- method: `{self.method}` (ratio {self.config.ratio}x)\n"
+            f"- base model: `{self.base_source}` (fingerprint `{self.base_fingerprint}`)\n"
+            f"- ctxcompress {__version__}\n\n"
+            "```python\nimport ctxcompress as cc\n"
+            "comp = cc.load_compressor('path/to/this/folder')\n"
+            "ctx = comp.compress('a long document ...')\n"
+            "comp.generate(ctx, ['a question?'], max_new_tokens=32)\n```\n"
+        )
+
+
+def read_header(directory: Path) -> dict[str, Any]:
+    """Read and sanity-check ``ctxcompress.json`` of a saved compressor."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{directory} is not a saved compressor (no {CONFIG_FILE}); create one with "
+            "comp.save_pretrained(...)."
+        )
+    try:
+        header = json.loads(path.read_text())
+        for key in ("method", "config", "base_model"):
+            header[key]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{path} is corrupt: {exc}") from exc
+    if header.get("format_version", 1) > FORMAT_VERSION:
+        raise ModelLoadError(f"{directory} was saved by a newer ctxcompress; upgrade to load it.")
+    return header

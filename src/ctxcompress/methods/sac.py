@@ -1,0 +1,166 @@
+"""SAC — Semantic-Anchor Compression (Liu et al., arXiv 2510.08907, ICLR 2026).
+
+Some of the context's own tokens become *anchors*: the centre token of every r-token segment.
+Each anchor gets a learned *anchor embedding* added to its token embedding, the LoRA encoder
+attends *bidirectionally* within each 510-token chunk (chunks encoded independently, as one
+batch, with their global 1-based positions), and the anchors' per-layer keys (after RoPE) and
+values are the compressed context. The frozen decoder (same weights, adapter off) reads them
+as its KV cache, then a learned ``[LM]`` embedding at position L and the question.
+No autoencoding, no appended memory tokens. See METHODS.md §1.
+
+Every choice the paper ablates is a switch: ``encoder_attention`` ("bidirectional" | "causal"),
+``anchor_embedding`` ("per_slot" as in the released code | "shared" as in the paper | "none"),
+``anchor_selection`` ("uniform" | "random").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ..context import CompressedContext
+from ..errors import InvalidInputError
+from ..masks import for_backend, padded_chunk_mask
+from ..models import BaseModel
+from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
+from .base import Compressor, CompressorConfig
+
+
+@dataclass
+class SACConfig(CompressorConfig):
+    """SAC options (defaults: the authors' released code)."""
+
+    anchor_embedding: Literal["per_slot", "shared", "none"] = "per_slot"
+    """One learned vector per anchor slot of a chunk (code), one shared vector (paper), or none."""
+    anchor_selection: Literal["uniform", "random"] = "uniform"
+    """Segment centres (default) or the same number of random tokens per chunk (ablation)."""
+    encoder_attention: Literal["bidirectional", "causal"] = "bidirectional"
+    """Attention inside an encoder chunk; "causal" is the paper's ablation."""
+
+    def validate(self) -> None:
+        super().validate()
+        options = {
+            "anchor_embedding": ("per_slot", "shared", "none"),
+            "anchor_selection": ("uniform", "random"),
+            "encoder_attention": ("bidirectional", "causal"),
+        }
+        for name, allowed in options.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidInputError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+
+
+@dataclass
+class _Chunk:
+    doc: int
+    start: int  # token index of the chunk's first token in its document
+    ids: list[int]
+    anchors: list[int]  # offsets within the chunk
+
+
+class SACCompressor(Compressor):
+    """Semantic-Anchor Compression: anchors' per-layer KV as the compressed context."""
+
+    method = "sac"
+    config_class = SACConfig
+    context_kind = "kv"
+    config: SACConfig
+
+    def __init__(self, base: BaseModel, config: SACConfig | None = None) -> None:
+        super().__init__(base, config or SACConfig())
+        hidden = self.lm.config.hidden_size
+        slots = {"per_slot": self.anchors_per_chunk, "shared": 1, "none": 0}
+        n = slots[self.config.anchor_embedding]
+        self.anchor_embedding = nn.Parameter(self._normal(n, hidden)) if n else None
+
+    @property
+    def anchors_per_chunk(self) -> int:
+        """Anchors in a full chunk: the number of per-slot anchor embeddings."""
+        return len(sac_anchor_offsets(self.config.chunk_size, self.config.ratio))
+
+    def compressed_length(self, length: int) -> int:
+        """Anchors kept for a context of ``length`` tokens (the compressed length)."""
+        spans = chunk_spans(length, self.config.chunk_size)
+        return sum(len(self.anchor_offsets(s, e - s)) for s, e in spans)
+
+    def anchor_offsets(self, chunk_start: int, chunk_len: int) -> list[int]:
+        """Anchor offsets inside the chunk starting at token index ``chunk_start``."""
+        if self.config.anchor_selection == "uniform":
+            return sac_anchor_offsets(chunk_len, self.config.ratio)
+        # Random anchors are seeded by the chunk's place, so a document gets the same anchors
+        # whatever it is batched with.
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk_start)
+        return random_anchor_offsets(chunk_len, self.config.ratio, generator)
+
+    def _plan(self, contexts: Sequence[Sequence[int]]) -> list[_Chunk]:
+        chunks = []
+        for doc, ids in enumerate(contexts):
+            for start, end in chunk_spans(len(ids), self.config.chunk_size):
+                offsets = self.anchor_offsets(start, end - start)
+                chunks.append(_Chunk(doc, start, list(ids[start:end]), offsets))
+        return chunks
+
+    def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
+        """Compress tokenized contexts (with gradients unless called under no_grad)."""
+        chunks = self._plan(contexts)
+        keys, values = [], []  # per mini-batch: [num_anchors, layers, kv_heads, head_dim]
+        size = self.config.encoder_batch_size
+        for i in range(0, len(chunks), size):
+            k, v = self._encode_chunks(chunks[i : i + size])
+            keys.append(k)
+            values.append(v)
+        keys_all, values_all = torch.cat(keys), torch.cat(values)
+
+        out, cursor = [], 0
+        for doc, ids in enumerate(contexts):
+            doc_chunks = [c for c in chunks if c.doc == doc]
+            n = sum(len(c.anchors) for c in doc_chunks)
+            positions = torch.tensor(
+                [c.start + a + self.config.position_start for c in doc_chunks for a in c.anchors]
+            )
+            k = keys_all[cursor : cursor + n].permute(1, 2, 0, 3)  # [layers, heads, C, dim]
+            v = values_all[cursor : cursor + n].permute(1, 2, 0, 3)
+            cursor += n
+            out.append(self._new_context(len(ids), keys=k, values=v, positions=positions))
+        return out
+
+    def _encode_chunks(self, chunks: list[_Chunk]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder pass over a batch of chunks; returns the anchors' K and V, in order."""
+        device, width = self.device, max(len(c.ids) for c in chunks)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(chunks), width), pad, dtype=torch.long)
+        valid = torch.zeros(len(chunks), width, dtype=torch.bool)
+        for row, c in enumerate(chunks):
+            ids[row, : len(c.ids)] = torch.tensor(c.ids)
+            valid[row, : len(c.ids)] = True
+        starts = torch.tensor([c.start for c in chunks])[:, None]
+        positions = starts + torch.arange(width)[None] + self.config.position_start
+        rows = torch.tensor([r for r, c in enumerate(chunks) for _ in c.anchors], device=device)
+        cols = torch.tensor([a for c in chunks for a in c.anchors], device=device)
+        slots = torch.tensor([s for c in chunks for s in range(len(c.anchors))], device=device)
+        ids, valid, positions = ids.to(device), valid.to(device), positions.to(device)
+
+        embeds = self.lm.get_input_embeddings()(ids)
+        if self.anchor_embedding is not None:
+            marks = self.anchor_embedding[slots if len(self.anchor_embedding) > 1 else 0 * slots]
+            embeds = embeds.index_put((rows, cols), marks.to(embeds.dtype), accumulate=True)
+        mask = padded_chunk_mask(valid, self.config.encoder_attention)
+        mask = for_backend(mask, self.lm.config._attn_implementation, embeds.dtype)
+        cache = DynamicCache(config=self.lm.config)
+        self.backbone(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        # [layers, B, heads, T, dim] -> [B, T, layers, heads, dim]; then [N, layers, heads, dim]
+        k = torch.stack([layer.keys for layer in cache.layers]).permute(1, 3, 0, 2, 4)
+        v = torch.stack([layer.values for layer in cache.layers]).permute(1, 3, 0, 2, 4)
+        return k[rows, cols], v[rows, cols]

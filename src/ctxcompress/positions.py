@@ -1,0 +1,46 @@
+"""Position layouts: chunking, SAC anchor positions, (later) memory and EPL positions.
+
+Conventions: token *indices* are 0-based offsets into the tokenized context; *position ids*
+are what the model's RoPE sees, ``index + position_start`` (SAC's code uses 1-based
+positions, ``position_start = 1``). A chunk is a half-open index range ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def chunk_spans(length: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Consecutive ``[start, end)`` chunks of ``chunk_size`` tokens; the last may be shorter."""
+    if length < 1:
+        raise ValueError("length must be >= 1")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    return [(s, min(s + chunk_size, length)) for s in range(0, length, chunk_size)]
+
+
+def sac_anchor_offsets(chunk_len: int, ratio: int) -> list[int]:
+    """Anchor offsets within one chunk (SAC, METHODS.md §1, from the authors' code).
+
+    The centre token of every ``ratio``-token segment: for a chunk covering 1-based positions
+    ``a..b``, ``s = a + (r-1)//2`` (``s = a`` if that is past ``b``), anchors at
+    ``s, s+r, ... <= b``. A full 510-token chunk gives 102 anchors at r=5, 34 at r=15 and 10
+    at r=51; a chunk shorter than the first centre still gets one anchor (its first token).
+    """
+    if ratio < 1:
+        raise ValueError("ratio must be >= 1")
+    first = (ratio - 1) // 2
+    if first >= chunk_len:
+        first = 0
+    return list(range(first, chunk_len, ratio))
+
+
+def random_anchor_offsets(chunk_len: int, ratio: int, generator: torch.Generator) -> list[int]:
+    """As many anchors as :func:`sac_anchor_offsets` gives, at random offsets (an ablation)."""
+    count = len(sac_anchor_offsets(chunk_len, ratio))
+    return sorted(torch.randperm(chunk_len, generator=generator)[:count].tolist())
+
+
+def sac_compressed_length(length: int, ratio: int, chunk_size: int) -> int:
+    """Number of anchors SAC keeps for a context of ``length`` tokens."""
+    return sum(len(sac_anchor_offsets(e - s, ratio)) for s, e in chunk_spans(length, chunk_size))
