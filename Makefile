@@ -31,7 +31,7 @@ demo: venv
 test: venv
 	$(PY) -m ruff check src tests
 	@# pytest exits 5 when it collected no tests: that is a failure, not a pass.
-	$(PY) -m pytest -q -n 2 --durations=10; rc=$$?; \
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests" >&2; exit 1; fi; exit $$rc
 
 lint: venv

@@ -34,6 +34,16 @@ class DecoderPrompt:
 
 
 @dataclass
+class Generation:
+    """One decoded answer: its text, the generated token ids (without EOS) and why it ended
+    (``"eos"``, ``"stop"`` for a stop string, or ``"length"`` at ``max_new_tokens``)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+@dataclass
 class DecoderBatch:
     """Padded tensors for one decoder forward pass."""
 
@@ -102,8 +112,8 @@ def greedy_generate(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     stop_strings: Sequence[str] = (),
-) -> list[str]:
-    """Greedy decoding for a batch of decoder rows; returns the decoded answers.
+) -> list[Generation]:
+    """Greedy decoding for a batch of decoder rows; returns one :class:`Generation` per row.
 
     A row stops at any of ``eos_token_ids`` (not included in the answer), at the first of
     ``stop_strings`` (cut before it), or after ``max_new_tokens`` tokens.
@@ -114,7 +124,7 @@ def greedy_generate(
     rows = len(prompts)
     generated: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
-    texts = [""] * rows
+    reasons = ["length"] * rows
 
     out = model(
         inputs_embeds=batch.inputs_embeds,
@@ -136,14 +146,13 @@ def greedy_generate(
             if finished[row]:
                 continue
             if is_eos[row]:
-                finished[row] = True
+                finished[row], reasons[row] = True, "eos"
                 continue
             generated[row].append(token)
             if stop_strings:
                 text = tokenizer.decode(generated[row], skip_special_tokens=True)
-                cut = _first_stop(text, stop_strings)
-                if cut is not None:
-                    texts[row], finished[row] = text[:cut], True
+                if _first_stop(text, stop_strings) is not None:
+                    finished[row], reasons[row] = True, "stop"
         if all(finished) or step == max_new_tokens - 1:
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], 1)
@@ -157,9 +166,10 @@ def greedy_generate(
         cache, positions = out.past_key_values, positions + 1
     answers = []
     for row in range(rows):
-        text = texts[row] or tokenizer.decode(generated[row], skip_special_tokens=True)
+        text = tokenizer.decode(generated[row], skip_special_tokens=True)
         cut = _first_stop(text, stop_strings)
-        answers.append((text if cut is None else text[:cut]).strip())
+        text = (text if cut is None else text[:cut]).strip()
+        answers.append(Generation(text, generated[row], reasons[row]))
     return answers
 
 

@@ -239,7 +239,12 @@ def _convert_embedded(gguf_file: Path, target: Path, stamp: dict[str, Any]) -> N
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "ctxcompress-cache.json").write_text(json.dumps(stamp))
-        os.replace(tmp, target)  # atomic: a half-written cache folder is never visible
+        try:
+            os.replace(tmp, target)  # atomic: a half-written cache folder is never visible
+        except OSError:
+            if not (target / "ctxcompress-cache.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

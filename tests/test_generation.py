@@ -1,0 +1,92 @@
+"""Decoding against compressed contexts: batching, limits, EOS and stop strings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctxcompress.generation import greedy_generate
+from ctxcompress.testing import tiny_model
+from tests.conftest import TEXT, make_sac, randomize_trainables
+
+QUESTIONS = [
+    "Who wrote the report?",
+    "Where?",
+    "In which year did the committee meet in Paris?",
+    "What do anchors collect?",
+    "Why?",
+]
+
+
+@pytest.fixture
+def sac(tiny_any):
+    comp = make_sac(tiny_any, ratio=4)
+    randomize_trainables(comp)
+    return comp
+
+
+def test_many_questions_in_one_call_equal_one_at_a_time(sac):
+    ctx = sac.compress(TEXT * 8)
+    batched = sac.generate(ctx, QUESTIONS, max_new_tokens=10)
+    alone = [sac.generate(ctx, q, max_new_tokens=10) for q in QUESTIONS]
+    assert batched == alone
+    assert sac.generate(ctx, QUESTIONS, max_new_tokens=10, batch_size=2) == batched
+
+
+def test_pairs_of_different_contexts_batch_like_single_calls(sac):
+    texts = [TEXT * 8, "Short context.", TEXT * 2]
+    contexts = sac.compress(texts)
+    qs = QUESTIONS[:3]
+    paired = sac.generate(contexts, qs, max_new_tokens=8)
+    assert paired == [
+        sac.generate(c, q, max_new_tokens=8) for c, q in zip(contexts, qs, strict=True)
+    ]
+
+
+def _rows(comp, ctx, questions):
+    return [comp.decoder_prompt(ctx, comp.question_ids(q)) for q in questions]
+
+
+def test_max_new_tokens_is_respected():
+    comp = make_sac(tiny_model(), ratio=2)
+    ctx = comp.compress(TEXT)
+    with torch.inference_mode(), comp.decoder_mode():
+        rows = _rows(comp, ctx, ["Who?", "Where is it?"])
+        for n in (1, 3, 7):
+            out = greedy_generate(comp.lm, comp.tokenizer, rows, max_new_tokens=n, eos_token_ids=[])
+            assert [len(g.token_ids) for g in out] == [n, n]
+            assert {g.finish_reason for g in out} == {"length"}
+
+
+def test_eos_stops_a_row_and_is_not_in_the_answer():
+    comp = make_sac(tiny_model(), ratio=2)
+    ctx = comp.compress(TEXT)
+    with torch.inference_mode(), comp.decoder_mode():
+        rows = _rows(comp, ctx, ["Who?", "Where is it?"])
+        free = greedy_generate(comp.lm, comp.tokenizer, rows, max_new_tokens=6, eos_token_ids=[])
+        first = free[0].token_ids[0]
+        stopped = greedy_generate(
+            comp.lm, comp.tokenizer, rows, max_new_tokens=6, eos_token_ids=[first]
+        )
+    assert stopped[0].text == "" and stopped[0].token_ids == []  # row 0 starts with "EOS"
+    assert stopped[0].finish_reason == "eos"
+    assert len(free[0].token_ids) == 6
+
+
+def test_stop_strings_cut_the_answer():
+    comp = make_sac(tiny_model(), ratio=2)
+    ctx = comp.compress(TEXT)
+    full = comp.generate(ctx, "Who?", max_new_tokens=12)
+    assert len(full) >= 4
+    stop = full[2:4]
+    cut = comp.generate(ctx, "Who?", max_new_tokens=12, stop=[stop, "\x00never"])
+    assert cut == full[: full.find(stop)].strip()
+    assert stop not in cut
+
+
+def test_question_positions_continue_from_L(sac):
+    """[LM] sits at position L (+ offset) whatever the compressed length is."""
+    ctx = sac.compress(TEXT * 3)
+    prompt = sac.decoder_prompt(ctx, sac.question_ids("Who?"))
+    assert prompt.start_position == ctx.original_length
+    assert prompt.embeds.shape[0] == 1 + len(sac.question_ids("Who?"))
