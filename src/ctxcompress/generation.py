@@ -2,9 +2,9 @@
 
 A decoder row is a :class:`DecoderPrompt`: an optional key/value prefix (a ``kind="kv"``
 compressed context), the input embeddings that follow it (for SAC: the learned ``[LM]``
-embedding and the question tokens; for embedding methods the soft prompt comes first) and the
-position id of the first embedding (L for SAC: the decoder continues after the original
-context, whatever the compressed length).
+embedding and the question tokens; for embedding methods the soft prompt comes first) and
+their position ids (for SAC the question starts at L: the decoder continues after the
+original context, whatever the compressed length).
 
 Rows are left-padded so that every row's last prompt token sits in the last column; prefixes
 of different lengths are left-padded too, and an attention mask hides the padding. Positions
@@ -26,11 +26,11 @@ from .context import CompressedContext
 
 @dataclass
 class DecoderPrompt:
-    """One decoder row: ``prefix`` KV (or None), then ``embeds`` [T, H] from ``start_position``."""
+    """One decoder row: ``prefix`` KV (or None), then ``embeds`` [T, H] at ``positions`` [T]."""
 
     prefix: CompressedContext | None
     embeds: torch.Tensor
-    start_position: int
+    positions: torch.Tensor
 
 
 @dataclass
@@ -67,15 +67,13 @@ def build_decoder_batch(model: PreTrainedModel, prompts: Sequence[DecoderPrompt]
     prompt_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
     for row, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
         embeds[row, width - n :] = p.embeds
-        positions[row, width - n :] = torch.arange(n, device=device) + p.start_position
+        positions[row, width - n :] = p.positions
         prompt_mask[row, width - n :] = 1
     cache, prefix_mask = _stack_prefixes(model, prompts, device)
     attention_mask = (
         prompt_mask if prefix_mask is None else torch.cat([prefix_mask, prompt_mask], 1)
     )
-    next_positions = torch.tensor(
-        [p.start_position + n for p, n in zip(prompts, lengths, strict=True)], device=device
-    )
+    next_positions = positions[:, -1] + 1
     return DecoderBatch(embeds, positions, attention_mask, cache, lengths, next_positions)
 
 
@@ -83,7 +81,7 @@ def _stack_prefixes(model, prompts, device):
     prefixes = [p.prefix for p in prompts]
     if all(c is None for c in prefixes):
         return None, None
-    if any(c is None or c.kind != "kv" for c in prefixes):
+    if any(c is None or c.kind != "kv" for c in prefixes):  # an empty context has no prefix
         raise ValueError("either every decoder row has a KV prefix or none has")
     first = prefixes[0]
     if all(c is first for c in prefixes):  # one context, many questions: share by expansion

@@ -31,6 +31,24 @@ token of its chunk; pad keys are hidden)::
     q2   x  x  x  .  .
     q3   x  x  x  x  .
     pad  x  x  x  x  .
+
+Memory-token layouts (ICAE, 500×, EPL, PIC) are described per token by the chunk it belongs
+to and whether it is a memory token; :func:`memory_mask` turns that into a mask. PIC's
+one-pass layout ``[C1, M1, C2, M2]`` (2 context tokens ``c`` and 1 memory token ``m`` per
+chunk), defaults ``context_visibility="causal"``, ``memory_carry="own"``::
+
+           c1 c1 m1 c2 c2 m2
+    c1      x  .  .  .  .  .
+    c1      x  x  .  .  .  .
+    m1      x  x  x  .  .  .      a memory token sees its own chunk ...
+    c2      x  x  .  x  .  .      context tokens see the context causally, never memory
+    c2      x  x  .  x  x  .
+    m2      .  .  .  x  x  x      ... and nothing of other chunks
+
+``context_visibility="chunk"`` hides c1 from c2 (each chunk encoded as if alone);
+``memory_carry="all"`` lets m2 also see m1 (the "iterative" carry-over). ICAE / 500× / EPL
+encode each segment as its own row ``[C1, M1]``, which is the same rule with one chunk per
+row: ordinary causal attention.
 """
 
 from __future__ import annotations
@@ -40,6 +58,8 @@ from typing import Literal
 import torch
 
 EncoderAttention = Literal["bidirectional", "causal"]
+ContextVisibility = Literal["causal", "chunk"]
+MemoryCarry = Literal["own", "all"]
 
 
 def padded_chunk_mask(valid: torch.Tensor, mode: EncoderAttention) -> torch.Tensor:
@@ -61,6 +81,51 @@ def padded_chunk_mask(valid: torch.Tensor, mode: EncoderAttention) -> torch.Tens
     elif mode != "bidirectional":
         raise ValueError(f"unknown encoder attention {mode!r}; use 'bidirectional' or 'causal'")
     return allowed.contiguous()
+
+
+def memory_mask(
+    chunk: torch.Tensor,
+    is_memory: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    context_visibility: ContextVisibility = "causal",
+    memory_carry: MemoryCarry = "own",
+) -> torch.Tensor:
+    """Boolean ``[B, 1, T, T]`` mask for rows of context chunks each followed by its memory.
+
+    Args:
+        chunk: ``[B, T]`` chunk index of every token (memory tokens carry their chunk's index).
+        is_memory: ``[B, T]`` boolean, ``True`` for memory tokens.
+        valid: ``[B, T]`` boolean, ``False`` for right padding.
+        context_visibility: context tokens see all earlier context tokens (``"causal"``) or
+            only those of their own chunk (``"chunk"``); never memory tokens.
+        memory_carry: memory tokens see the earlier memory tokens of their own group
+            (``"own"``) or also all memory tokens of earlier chunks (``"all"``).
+
+    Memory tokens always see every context token of their own chunk and nothing of other
+    chunks' context. A padded query sees only itself (no row is ever empty, so no NaN).
+    """
+    if context_visibility not in ("causal", "chunk"):
+        raise ValueError(f"unknown context_visibility {context_visibility!r}")
+    if memory_carry not in ("own", "all"):
+        raise ValueError(f"unknown memory_carry {memory_carry!r}")
+    length = chunk.shape[1]
+    index = torch.arange(length, device=chunk.device)
+    earlier = index[None, :, None] >= index[None, None, :]  # key not after query
+    q_chunk, k_chunk = chunk[:, :, None], chunk[:, None, :]
+    same_chunk = q_chunk == k_chunk
+    q_mem = is_memory[:, :, None] & valid[:, :, None]
+    q_ctx = ~is_memory[:, :, None] & valid[:, :, None]
+    k_mem = is_memory[:, None, :] & valid[:, None, :]
+    k_ctx = ~is_memory[:, None, :] & valid[:, None, :]
+
+    ctx_rule = q_ctx & k_ctx & earlier
+    if context_visibility == "chunk":
+        ctx_rule = ctx_rule & same_chunk
+    memory_peers = same_chunk if memory_carry == "own" else k_chunk <= q_chunk
+    mem_rule = q_mem & ((k_ctx & same_chunk & earlier) | (k_mem & earlier & memory_peers))
+    pad_rule = ~valid[:, :, None] & (index[None, :, None] == index[None, None, :])
+    return (ctx_rule | mem_rule | pad_rule)[:, None]
 
 
 def for_backend(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:

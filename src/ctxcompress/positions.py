@@ -44,3 +44,27 @@ def random_anchor_offsets(chunk_len: int, ratio: int, generator: torch.Generator
 def sac_compressed_length(length: int, ratio: int, chunk_size: int) -> int:
     """Number of anchors SAC keeps for a context of ``length`` tokens."""
     return sum(len(sac_anchor_offsets(e - s, ratio)) for s, e in chunk_spans(length, chunk_size))
+
+
+def memory_slots(chunk_len: int, ratio: int) -> int:
+    """Memory tokens for a chunk of ``chunk_len`` tokens. [guess]
+
+    The number of SAC anchors of that chunk, so that every method has exactly the same
+    compressed length at the same ratio (a fair comparison): ``chunk_size / r`` for a full
+    chunk that r divides, and at least one for any chunk.
+    """
+    return len(sac_anchor_offsets(chunk_len, ratio))
+
+
+def memory_offsets(chunk_len: int, ratio: int, layout: str) -> list[int]:
+    """Position offsets (from the chunk's first token) of a chunk's memory tokens.
+
+    ``"after_chunk"``: the memory group continues right after its chunk (ICAE, 500×, PIC);
+    ``"epl"``: each memory token sits at the centre of the r-token segment it summarises,
+    i.e. exactly where SAC puts its anchors (EPL, Zhao et al., EMNLP Findings 2025).
+    """
+    if layout == "after_chunk":
+        return [chunk_len + j for j in range(memory_slots(chunk_len, ratio))]
+    if layout == "epl":
+        return sac_anchor_offsets(chunk_len, ratio)
+    raise ValueError(f"unknown memory position layout {layout!r}; use 'after_chunk' or 'epl'")

@@ -9,10 +9,33 @@ from typing import Any
 from ..errors import InvalidInputError, ModelLoadError
 from ..models import BaseModel, load_base_model
 from .base import Compressor, CompressorConfig, read_header
+from .epl import EPLCompressor, EPLConfig
+from .hard import FullContext, NoContext, Truncation
+from .icae import ICAECompressor, ICAEConfig
+from .pic import PICCompressor, PICConfig
 from .sac import SACCompressor, SACConfig
+from .xc500 import XC500Compressor, XC500Config
 
 METHODS: dict[str, type[Compressor]] = {
-    SACCompressor.method: SACCompressor,
+    cls.method: cls
+    for cls in (
+        SACCompressor,
+        PICCompressor,
+        ICAECompressor,
+        XC500Compressor,
+        EPLCompressor,
+        FullContext,
+        NoContext,
+        Truncation,
+    )
+}
+TRAINABLE_METHODS = ("sac", "pic", "icae", "500x", "epl")
+_ALIASES = {
+    "xc500": "500x",
+    "500xcompressor": "500x",
+    "full": "full_context",
+    "none": "no_context",
+    "truncate": "truncation",
 }
 
 
@@ -38,6 +61,7 @@ def build_compressor(
             (e.g. ``ratio=4``).
     """
     key = method.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
     if key not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     cls = METHODS[key]
@@ -71,10 +95,22 @@ def load_compressor(path: str | os.PathLike, base_model: Any = None, **kwargs: A
 
 __all__ = [
     "METHODS",
+    "TRAINABLE_METHODS",
     "Compressor",
     "CompressorConfig",
+    "EPLCompressor",
+    "EPLConfig",
+    "FullContext",
+    "ICAECompressor",
+    "ICAEConfig",
+    "NoContext",
+    "PICCompressor",
+    "PICConfig",
     "SACCompressor",
     "SACConfig",
+    "Truncation",
+    "XC500Compressor",
+    "XC500Config",
     "build_compressor",
     "load_compressor",
 ]

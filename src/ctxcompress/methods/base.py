@@ -111,6 +111,8 @@ class Compressor(nn.Module):
     method: ClassVar[str] = ""
     config_class: ClassVar[type[CompressorConfig]] = CompressorConfig
     context_kind: ClassVar[str] = "kv"
+    uses_lm_token: ClassVar[bool] = True
+    """Whether the decoder prompt starts with the learned ``[LM]`` embedding."""
 
     def __init__(self, base: BaseModel, config: CompressorConfig) -> None:
         super().__init__()
@@ -147,7 +149,7 @@ class Compressor(nn.Module):
             self.model = lm
         self.generator = torch.Generator().manual_seed(config.seed)
         hidden = lm.config.hidden_size
-        self.lm_embedding = nn.Parameter(self._normal(hidden))
+        self.lm_embedding = nn.Parameter(self._normal(hidden)) if self.uses_lm_token else None
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
         self.eval()
 
@@ -255,9 +257,20 @@ class Compressor(nn.Module):
 
     def compress_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         """Compress tokenized contexts for inference (no gradients, adapter active)."""
+        vocab = self.lm.get_input_embeddings().num_embeddings
         for ids in contexts:
             if len(ids) == 0:
                 raise InvalidInputError("a tokenized context is empty")
+            as_tensor = torch.as_tensor(ids)
+            if (
+                as_tensor.is_floating_point()
+                or as_tensor.dim() != 1
+                or not (int(as_tensor.min()) >= 0 and int(as_tensor.max()) < vocab)
+            ):
+                raise InvalidInputError(
+                    f"a context holds a token id outside the model's vocabulary [0, {vocab}): "
+                    "tokenize with this compressor's tokenizer (or use compress(text))"
+                )
             self._check_length(len(ids))
         was_training = self.training
         self.eval()
@@ -293,18 +306,33 @@ class Compressor(nn.Module):
         return ctx
 
     # ------------------------------------------------------------------ decoding
+    def first_decoder_position(self, ctx: CompressedContext) -> int:
+        """Position id of the first decoder input after the context.
+
+        Default: right after the last compressed entry (as if the compressed context were an
+        ordinary prompt). SAC and EPL override it to continue from L, the original length.
+        """
+        if ctx.positions is not None and ctx.compressed_length:
+            return int(ctx.positions[-1]) + 1
+        return ctx.compressed_length + self.config.position_start
+
     def decoder_prompt(self, ctx: CompressedContext, prompt_ids: Sequence[int]) -> DecoderPrompt:
-        """One decoder row: the context, then ``[LM]`` and the prompt tokens, from position L."""
+        """One decoder row: the context, ``[LM]`` (if the method has it), then the prompt."""
         embed = self.lm.get_input_embeddings()
         ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
-        parts = [self.lm_embedding[None].to(self.dtype), embed(ids)]
-        start = ctx.original_length + self.config.decoder_position_offset
-        prefix: CompressedContext | None = ctx
+        parts = [embed(ids)]
+        if self.lm_embedding is not None:
+            parts.insert(0, self.lm_embedding[None].to(self.dtype))
+        length = sum(int(p.shape[0]) for p in parts)
+        start = self.first_decoder_position(ctx)
+        positions = torch.arange(start, start + length, device=self.device)
+        prefix: CompressedContext | None = ctx if ctx.compressed_length else None
         if ctx.kind == "embeds":
-            parts.insert(0, ctx.embeds.to(self.dtype))
-            start -= ctx.compressed_length
             prefix = None
-        return DecoderPrompt(prefix=prefix, embeds=torch.cat(parts), start_position=start)
+            if ctx.compressed_length:
+                parts.insert(0, ctx.embeds.to(self.dtype))
+                positions = torch.cat([ctx.positions.to(self.device), positions])
+        return DecoderPrompt(prefix=prefix, embeds=torch.cat(parts), positions=positions)
 
     def decoder_forward(
         self,
@@ -373,7 +401,7 @@ class Compressor(nn.Module):
         prompt_ids = [self.question_ids(q) for q in qs]
         limit = max_positions(self.lm)
         for c, ids in zip(contexts, prompt_ids, strict=True):
-            end = c.original_length + self.config.decoder_position_offset + 1 + len(ids)
+            end = self.first_decoder_position(c) + int(self.uses_lm_token) + len(ids)
             if end + max_new_tokens > limit:
                 raise ContextTooLongError(
                     f"context ({c.original_length} tokens) + question ({len(ids)}) + "

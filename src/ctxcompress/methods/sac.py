@@ -79,6 +79,10 @@ class SACCompressor(Compressor):
         n = slots[self.config.anchor_embedding]
         self.anchor_embedding = nn.Parameter(self._normal(n, hidden)) if n else None
 
+    def first_decoder_position(self, ctx: CompressedContext) -> int:
+        """``[LM]`` takes position L (+ ``decoder_position_offset``), whatever C is."""
+        return ctx.original_length + self.config.decoder_position_offset
+
     @property
     def anchors_per_chunk(self) -> int:
         """Anchors in a full chunk: the number of per-slot anchor embeddings."""

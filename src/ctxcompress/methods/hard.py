@@ -1,0 +1,146 @@
+"""Hard baselines, no training: full context (upper bound), no context (lower bound) and
+truncation to the same token budget as the compressors (METHODS.md §3).
+
+Each "compresses" into the frozen model's own KV cache of the tokens it keeps, read as an
+ordinary prompt: contiguous positions from ``position_start`` (default 0), no ``[LM]`` token.
+Truncation keeps exactly as many tokens as the learned methods keep entries at the same ratio
+(``positions.memory_slots`` per chunk), from the head, or half from the head and half from
+the tail (``truncation="head_tail"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import DynamicCache
+
+from ..context import CompressedContext
+from ..errors import InvalidInputError
+from ..positions import chunk_spans, memory_slots
+from .base import Compressor, CompressorConfig
+
+
+@dataclass
+class HardConfig(CompressorConfig):
+    """Options of the hard baselines (no adapter, plain prompt positions)."""
+
+    lora_rank: int = 0
+    position_start: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lora_rank != 0:
+            raise InvalidInputError("hard baselines have no adapter: lora_rank must be 0")
+
+
+@dataclass
+class TruncationConfig(HardConfig):
+    truncation: Literal["head", "head_tail"] = "head"
+    """Keep the head of the context, or half the budget from the head and half from the tail."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.truncation not in ("head", "head_tail"):
+            raise InvalidInputError(f"truncation={self.truncation!r} is not one of head, head_tail")
+
+
+class HardBaseline(Compressor):
+    """Shared mechanics: the frozen model's KV cache of the kept tokens."""
+
+    config_class = HardConfig
+    uses_lm_token = False
+
+    def keep(self, ids: Sequence[int]) -> list[int]:
+        """The token ids this baseline keeps, in order."""
+        raise NotImplementedError
+
+    def compressed_length(self, length: int) -> int:
+        return len(self.keep(range(length)))
+
+    def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
+        kept = [self.keep(ids) for ids in contexts]
+        cfg = self.lm.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        empty = torch.zeros(
+            cfg.num_hidden_layers,
+            cfg.num_key_value_heads,
+            0,
+            head_dim,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        keys: list[torch.Tensor] = [empty] * len(kept)
+        values: list[torch.Tensor] = [empty] * len(kept)
+        todo = [i for i, k in enumerate(kept) if k]
+        size = self.config.encoder_batch_size
+        with self.encoder_mode():
+            for start in range(0, len(todo), size):
+                batch = todo[start : start + size]
+                for i, (k, v) in zip(batch, self._prefill([kept[i] for i in batch]), strict=True):
+                    keys[i], values[i] = k, v
+        out = []
+        for ids, kept_ids, k, v in zip(contexts, kept, keys, values, strict=True):
+            positions = torch.arange(len(kept_ids)) + self.config.position_start
+            out.append(self._new_context(len(ids), keys=k, values=v, positions=positions))
+        return out
+
+    def _prefill(self, rows: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            valid[i, : len(r)] = 1
+        positions = torch.arange(width)[None].expand(len(rows), -1) + self.config.position_start
+        cache = DynamicCache(config=self.lm.config)
+        self.backbone(
+            input_ids=ids.to(self.device),
+            attention_mask=valid.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        k = torch.stack([layer.keys for layer in cache.layers])  # [layers, B, heads, T, dim]
+        v = torch.stack([layer.values for layer in cache.layers])
+        return [(k[:, i, :, : len(r)], v[:, i, :, : len(r)]) for i, r in enumerate(rows)]
+
+
+class FullContext(HardBaseline):
+    """Upper bound: the frozen model reads the whole context."""
+
+    method = "full_context"
+
+    def keep(self, ids: Sequence[int]) -> list[int]:
+        return list(ids)
+
+
+class NoContext(HardBaseline):
+    """Lower bound: the frozen model answers from the question alone."""
+
+    method = "no_context"
+
+    def keep(self, ids: Sequence[int]) -> list[int]:
+        return []
+
+
+class Truncation(HardBaseline):
+    """The context cut to the learned methods' budget at the same ratio."""
+
+    method = "truncation"
+    config_class = TruncationConfig
+    config: TruncationConfig
+
+    def budget(self, length: int) -> int:
+        spans = chunk_spans(length, self.config.chunk_size)
+        return sum(memory_slots(e - s, self.config.ratio) for s, e in spans)
+
+    def keep(self, ids: Sequence[int]) -> list[int]:
+        ids = list(ids)
+        budget = self.budget(len(ids)) if ids else 0
+        if self.config.truncation == "head":
+            return ids[:budget]
+        head = (budget + 1) // 2
+        return ids[:head] + ids[len(ids) - (budget - head) :]

@@ -1,0 +1,187 @@
+"""Shared mechanics of the memory-token methods: ICAE, 500×, EPL and PIC.
+
+Learned memory-token embeddings (one per slot within a chunk) are placed after each context
+chunk; the LoRA encoder reads chunk and memory tokens, and the memory tokens' outputs become
+the compressed context: either their last-layer hidden states (a soft prompt the decoder
+reads as input embeddings: ICAE, PIC) or their per-layer keys/values (500×, EPL, PIC-kv).
+
+Two row layouts:
+* one row per chunk, ``[C_i, M_i]`` (ICAE, 500×, EPL): chunks are independent;
+* one row per document, ``[C_1, M_1, C_2, M_2, ...]`` in a single forward pass (PIC), with
+  the block-wise mask of :func:`ctxcompress.masks.memory_mask`.
+
+The methods differ only in config defaults; each has its own small file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ..context import CompressedContext
+from ..errors import InvalidInputError
+from ..masks import for_backend, memory_mask
+from ..models import BaseModel
+from ..positions import chunk_spans, memory_offsets, memory_slots
+from .base import Compressor, CompressorConfig
+
+
+@dataclass
+class MemoryConfig(CompressorConfig):
+    """Options of the memory-token methods (defaults: ICAE)."""
+
+    output: Literal["hidden", "kv"] = "hidden"
+    """Memory tokens' last-layer hidden states as a soft prompt, or their per-layer K/V."""
+    memory_positions: Literal["after_chunk", "epl"] = "after_chunk"
+    """Memory position ids right after their chunk, or at segment centres (EPL)."""
+    decoder_start: Literal["after_memory", "L"] = "after_memory"
+    """The decoder continues after the last memory position, or from L (EPL, SAC)."""
+    one_pass: bool = False
+    """All chunks of a document interleaved with their memory in one forward pass (PIC)."""
+    context_visibility: Literal["causal", "chunk"] = "causal"
+    """One-pass only: context tokens see all earlier context, or only their own chunk."""
+    memory_carry: Literal["own", "all"] = "own"
+    """One-pass only: memory sees its own group, or also every earlier group."""
+
+    def validate(self) -> None:
+        super().validate()
+        options = {
+            "output": ("hidden", "kv"),
+            "memory_positions": ("after_chunk", "epl"),
+            "decoder_start": ("after_memory", "L"),
+            "context_visibility": ("causal", "chunk"),
+            "memory_carry": ("own", "all"),
+        }
+        for name, allowed in options.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidInputError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+
+
+@dataclass
+class _Row:
+    doc: int
+    ids: list[int]  # context ids with placeholders at memory slots
+    positions: list[int]
+    chunk: list[int]
+    memory_slot: list[int]  # -1 for context tokens, else the slot index within its group
+
+
+class MemoryTokenCompressor(Compressor):
+    """Base of ICAE, 500×, EPL and PIC: learned memory tokens after each chunk."""
+
+    config_class = MemoryConfig
+    config: MemoryConfig
+
+    def __init__(self, base: BaseModel, config: MemoryConfig | None = None) -> None:
+        super().__init__(base, config or self.config_class())
+        slots = memory_slots(self.config.chunk_size, self.config.ratio)
+        self.memory_embedding = nn.Parameter(self._normal(slots, self.lm.config.hidden_size))
+
+    @property
+    def context_kind(self) -> str:  # type: ignore[override]
+        return "kv" if self.config.output == "kv" else "embeds"
+
+    def compressed_length(self, length: int) -> int:
+        spans = chunk_spans(length, self.config.chunk_size)
+        return sum(memory_slots(e - s, self.config.ratio) for s, e in spans)
+
+    def first_decoder_position(self, ctx: CompressedContext) -> int:
+        if self.config.decoder_start == "L":
+            return ctx.original_length + self.config.decoder_position_offset
+        return super().first_decoder_position(ctx)
+
+    def _rows(self, contexts: Sequence[Sequence[int]]) -> list[_Row]:
+        cfg, rows = self.config, []
+        for doc, ids in enumerate(contexts):
+            doc_row = None
+            for index, (start, end) in enumerate(chunk_spans(len(ids), cfg.chunk_size)):
+                n = end - start
+                if doc_row is None or not cfg.one_pass:
+                    doc_row = _Row(doc, [], [], [], [])
+                    rows.append(doc_row)
+                offsets = memory_offsets(n, cfg.ratio, cfg.memory_positions)
+                doc_row.ids += list(ids[start:end]) + [0] * len(offsets)
+                doc_row.positions += [start + cfg.position_start + i for i in range(n)]
+                doc_row.positions += [start + cfg.position_start + o for o in offsets]
+                doc_row.chunk += [index] * (n + len(offsets))
+                doc_row.memory_slot += [-1] * n + list(range(len(offsets)))
+        return rows
+
+    def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
+        rows = self._rows(contexts)
+        outputs: list[tuple[torch.Tensor, ...]] = []
+        size = self.config.encoder_batch_size
+        with self.encoder_mode():
+            for i in range(0, len(rows), size):
+                outputs.append(self._encode_rows(rows[i : i + size]))
+        parts = [torch.cat(t) for t in zip(*outputs, strict=True)]
+
+        out, cursor = [], 0
+        for doc, ids in enumerate(contexts):
+            doc_rows = [r for r in rows if r.doc == doc]
+            positions = torch.tensor(
+                [
+                    p
+                    for r in doc_rows
+                    for p, s in zip(r.positions, r.memory_slot, strict=True)
+                    if s >= 0
+                ]
+            )
+            n = len(positions)
+            if self.config.output == "kv":
+                keys = parts[0][cursor : cursor + n].permute(1, 2, 0, 3)
+                values = parts[1][cursor : cursor + n].permute(1, 2, 0, 3)
+                tensors = {"keys": keys, "values": values}
+            else:
+                tensors = {"embeds": parts[0][cursor : cursor + n]}
+            cursor += n
+            out.append(self._new_context(len(ids), positions=positions, **tensors))
+        return out
+
+    def _encode_rows(self, rows: list[_Row]) -> tuple[torch.Tensor, ...]:
+        """One encoder pass; returns the memory tokens' outputs in order."""
+        device, width = self.device, max(len(r.ids) for r in rows)
+
+        def pad(values, fill):
+            return torch.tensor([v + [fill] * (width - len(v)) for v in values], device=device)
+
+        ids = pad([r.ids for r in rows], 0)
+        positions = pad([r.positions for r in rows], 0)
+        chunk = pad([r.chunk for r in rows], -1)
+        slot = pad([r.memory_slot for r in rows], -1)
+        valid = pad([[True] * len(r.ids) for r in rows], False)
+        is_memory = slot >= 0
+
+        embeds = self.lm.get_input_embeddings()(ids)
+        memory = self.memory_embedding[slot.clamp(min=0)].to(embeds.dtype)
+        embeds = torch.where(is_memory[..., None], memory, embeds)
+        mask = memory_mask(
+            chunk,
+            is_memory,
+            valid,
+            context_visibility=self.config.context_visibility,
+            memory_carry=self.config.memory_carry,
+        )
+        mask = for_backend(mask, self.lm.config._attn_implementation, embeds.dtype)
+        want_kv = self.config.output == "kv"
+        cache = DynamicCache(config=self.lm.config) if want_kv else None
+        out = self.backbone(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=want_kv,
+        )
+        rows_idx, cols_idx = is_memory.nonzero(as_tuple=True)  # row-major: document order
+        if not want_kv:
+            return (out.last_hidden_state[rows_idx, cols_idx],)
+        k = torch.stack([layer.keys for layer in cache.layers]).permute(1, 3, 0, 2, 4)
+        v = torch.stack([layer.values for layer in cache.layers]).permute(1, 3, 0, 2, 4)
+        return k[rows_idx, cols_idx], v[rows_idx, cols_idx]
