@@ -89,6 +89,7 @@ def test_question_positions_continue_from_L(sac):
     ctx = sac.compress(TEXT * 3)
     prompt = sac.decoder_prompt(ctx, sac.question_ids("Who?"))
     assert prompt.positions[0] == ctx.original_length
-    assert prompt.positions.tolist() == list(range(ctx.original_length,
-                                                   ctx.original_length + len(prompt.positions)))
+    assert prompt.positions.tolist() == list(
+        range(ctx.original_length, ctx.original_length + len(prompt.positions))
+    )
     assert prompt.embeds.shape[0] == 1 + len(sac.question_ids("Who?"))

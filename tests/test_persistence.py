@@ -101,3 +101,25 @@ def test_a_second_adapter_on_one_model_object_is_refused():
     make_sac(base, ratio=4)
     with pytest.raises(cc.ModelLoadError, match="already carries"):
         make_sac(base, ratio=2)
+
+
+def test_rebuilding_gives_the_same_compressor():
+    """LoRA init is seeded by config.seed (not torch's global RNG): a rebuild is identical,
+    so contexts made by an untrained compressor are accepted by its rebuild."""
+    torch.manual_seed(1)
+    a = make_sac(tiny_model(), ratio=4)
+    torch.manual_seed(2)
+    b = make_sac(tiny_model(), ratio=4)
+    assert a.fingerprint == b.fingerprint
+    c = make_sac(tiny_model(), ratio=4, seed=1)
+    assert c.fingerprint != a.fingerprint
+
+
+def test_tiny_source_reloads_and_fingerprint_ignores_dtype(tmp_path):
+    comp = make_sac(tiny_model(), ratio=4)
+    comp.save_pretrained(tmp_path / "c")
+    back = cc.load_compressor(tmp_path / "c")  # source "tiny-llama" rebuilds the test model
+    assert back.fingerprint == comp.fingerprint
+    bf16 = cc.load_base_model("tiny", dtype="bfloat16")
+    assert bf16.model.dtype == torch.bfloat16
+    assert bf16.fingerprint == tiny_model().fingerprint

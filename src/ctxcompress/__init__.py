@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from .context import CompressedContext
 from .errors import (
     ContextMismatchError,
+    ContextNotFoundError,
     ContextTooLongError,
     CorruptFileError,
     CtxCompressError,
@@ -26,6 +27,7 @@ __all__ = [
     "CompressedContext",
     "Compressor",
     "ContextMismatchError",
+    "ContextNotFoundError",
     "ContextTooLongError",
     "CorruptFileError",
     "CtxCompressError",

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from transformers import DynamicCache, PretrainedConfig
 
-from .errors import ContextMismatchError, CorruptFileError
+from .errors import ContextMismatchError, ContextNotFoundError, CorruptFileError
 
 FORMAT_VERSION = 1
 _META_KEY = "ctxcompress"
@@ -228,7 +228,7 @@ class CompressedContext:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"No compressed context at {path}.")
+            raise ContextNotFoundError(f"No compressed context at {path}.")
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}

@@ -27,5 +27,9 @@ class ContextMismatchError(CtxCompressError):
     """A compressed context was made by another method, compressor or base model."""
 
 
+class ContextNotFoundError(CtxCompressError, FileNotFoundError):
+    """A ``.ctx`` file (or saved compressor) does not exist."""
+
+
 class CorruptFileError(CtxCompressError):
     """A ``.ctx`` file or a saved compressor is unreadable or inconsistent."""

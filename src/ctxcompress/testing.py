@@ -93,4 +93,6 @@ def tiny_model(
         raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'qwen2'")
     model.eval()
     model.requires_grad_(False)
+    # The source reloads with load_base_model("tiny-llama") (default sizes only; the
+    # fingerprint check refuses anything else).
     return BaseModel(model=model, tokenizer=tokenizer, source=f"tiny-{arch}")

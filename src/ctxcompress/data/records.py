@@ -1,0 +1,51 @@
+"""The records every loader returns, and the one error type of the data layer.
+
+All records are frozen dataclasses. ``meta`` holds provenance and loader-specific facts (split,
+line number, gold position, ...); it takes no part in equality or hashing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CtxCompressError
+
+
+class DataError(CtxCompressError):
+    """A data set, file or record that cannot be loaded as asked.
+
+    The message names the spec, file and (for line-based files) the 1-based line number,
+    and says what to do about it.
+    """
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One question about one context, with every gold answer (the first is the training target)."""
+
+    context: str
+    question: str
+    answers: tuple[str, ...]
+    id: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class TextDocument:
+    """One plain-text document (pretraining text, a paper, a passage)."""
+
+    text: str
+    id: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class SummarizationExample:
+    """A document and one reference summary of it; ``aspect`` says which kind ("" if none)."""
+
+    document: str
+    summary: str
+    aspect: str
+    id: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
