@@ -67,9 +67,15 @@ def tiny_model(
     num_kv_heads: int = 2,
     max_positions: int = 2048,
     attn_implementation: str = "sdpa",
+    initializer_range: float = 0.02,
     seed: int = 0,
 ) -> BaseModel:
-    """A tiny random-init causal LM (``"llama"`` or ``"qwen2"``) with its tokenizer."""
+    """A tiny random-init causal LM (``"llama"`` or ``"qwen2"``) with its tokenizer.
+
+    With the usual ``initializer_range=0.02`` a frozen tiny model's logits span about ±1, so
+    no input can make it confident (the loss floor is near ln(vocab) - 2); training tests
+    use a larger range so that a compressor can actually drive the decoder's loss down.
+    """
     tokenizer = tiny_tokenizer(vocab_size)
     common = dict(
         vocab_size=len(tokenizer),
@@ -83,6 +89,7 @@ def tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     if arch == "llama":

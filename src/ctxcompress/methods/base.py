@@ -68,6 +68,8 @@ class CompressorConfig:
     """Chunks per encoder forward pass (memory bound, not a modelling choice)."""
     seed: int = 0
     """Seed of parameter init (and of random anchors where used)."""
+    autoencoding: bool = False
+    """Learn an ``[AE]`` embedding for the autoencoding objective (reconstruct the context)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form user notes saved with the compressor."""
 
@@ -155,6 +157,8 @@ class Compressor(nn.Module):
         self.generator = torch.Generator().manual_seed(config.seed)
         hidden = lm.config.hidden_size
         self.lm_embedding = nn.Parameter(self._normal(hidden)) if self.uses_lm_token else None
+        use_ae = self.uses_lm_token and config.autoencoding
+        self.ae_embedding = nn.Parameter(self._normal(hidden)) if use_ae else None
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
         self.eval()
 
@@ -321,13 +325,30 @@ class Compressor(nn.Module):
             return int(ctx.positions[-1]) + 1
         return ctx.compressed_length + self.config.position_start
 
-    def decoder_prompt(self, ctx: CompressedContext, prompt_ids: Sequence[int]) -> DecoderPrompt:
-        """One decoder row: the context, ``[LM]`` (if the method has it), then the prompt."""
+    def task_embedding(self, task: str) -> torch.Tensor | None:
+        """The learned embedding that opens the decoder prompt: ``[LM]`` or ``[AE]``."""
+        if task == "lm":
+            return self.lm_embedding
+        if task == "ae":
+            if self.ae_embedding is None:
+                raise InvalidInputError(
+                    f"{self.method} was built without an [AE] embedding: set autoencoding=true "
+                    "in its options to train with the autoencoding objective"
+                )
+            return self.ae_embedding
+        raise InvalidInputError(f"unknown decoder task {task!r}; use 'lm' or 'ae'")
+
+    def decoder_prompt(
+        self, ctx: CompressedContext, prompt_ids: Sequence[int], task: str = "lm"
+    ) -> DecoderPrompt:
+        """One decoder row: the context, ``[LM]``/``[AE]`` (if the method has them), then the
+        prompt tokens."""
         embed = self.lm.get_input_embeddings()
         ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
         parts = [embed(ids)]
-        if self.lm_embedding is not None:
-            parts.insert(0, self.lm_embedding[None].to(self.dtype))
+        opener = self.task_embedding(task)
+        if opener is not None:
+            parts.insert(0, opener[None].to(self.dtype))
         length = sum(int(p.shape[0]) for p in parts)
         start = self.first_decoder_position(ctx)
         positions = torch.arange(start, start + length, device=self.device)
@@ -339,30 +360,84 @@ class Compressor(nn.Module):
                 positions = torch.cat([ctx.positions.to(self.device), positions])
         return DecoderPrompt(prefix=prefix, embeds=torch.cat(parts), positions=positions)
 
-    def decoder_forward(
+    def decoder_hidden(
         self,
         contexts: Sequence[CompressedContext],
         prompt_ids: Sequence[Sequence[int]],
+        tasks: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Decoder logits for ``[LM] + prompt`` after each context (differentiable).
+        """Frozen decoder's last hidden states for ``[LM] + prompt`` after each context.
 
-        Returns ``[B, T, vocab]`` where ``T`` is the longest ``1 + len(prompt)``; rows are
-        left-padded, so ``logits[b, -n:]`` belongs to row b's ``n = 1 + len(prompt_ids[b])``
-        inputs and ``logits[b, -n + i]`` predicts the token after input i.
+        Differentiable (gradients flow into the contexts). Returns ``[B, T, hidden]``; rows
+        are left-padded, so the last ``n = 1 + len(prompt_ids[b])`` columns of row b are its
+        inputs and column ``-n + i`` predicts the token after input i. No LM head is applied:
+        training computes logits only where there are labels.
         """
+        tasks = tasks or ["lm"] * len(contexts)
         with self.decoder_mode():
             rows = [
-                self.decoder_prompt(c, ids) for c, ids in zip(contexts, prompt_ids, strict=True)
+                self.decoder_prompt(c, ids, task)
+                for c, ids, task in zip(contexts, prompt_ids, tasks, strict=True)
             ]
             batch = build_decoder_batch(self.lm, rows)
-            out = self.lm(
+            out = self.backbone(
                 inputs_embeds=batch.inputs_embeds,
                 position_ids=batch.position_ids,
                 attention_mask=batch.attention_mask,
                 past_key_values=batch.cache,
                 use_cache=False,
             )
-        return out.logits
+        return out.last_hidden_state
+
+    def decoder_forward(
+        self,
+        contexts: Sequence[CompressedContext],
+        prompt_ids: Sequence[Sequence[int]],
+        tasks: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Decoder logits ``[B, T, vocab]`` (layout as :meth:`decoder_hidden`)."""
+        hidden = self.decoder_hidden(contexts, prompt_ids, tasks)
+        return self.lm.get_output_embeddings()(hidden)
+
+    def forward(
+        self,
+        context_ids: Sequence[Sequence[int]],
+        prompt_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        tasks: Sequence[str] | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Training loss: compress, then teacher-force ``target`` after ``[task] + prompt``.
+
+        Returns the *sum* of token cross-entropies over all target tokens and their count
+        (the trainer normalises by the global count, so that any split of a batch over
+        processes and accumulation steps gives the same gradient). Logits are computed only
+        at the supervised positions.
+        """
+        contexts = self.encode_ids(context_ids)
+        inputs = [list(p) + list(t)[:-1] for p, t in zip(prompt_ids, target_ids, strict=True)]
+        hidden = self.decoder_hidden(contexts, inputs, tasks)
+        width = hidden.shape[1]
+        rows, cols, labels = [], [], []
+        tasks = tasks or ["lm"] * len(target_ids)
+        for row, (p, t, task) in enumerate(zip(prompt_ids, target_ids, tasks, strict=True)):
+            opener = int(self.task_embedding(task) is not None)  # [LM]/[AE] column, if any
+            if opener + len(p) == 0:
+                raise InvalidInputError("a method without [LM] needs a non-empty prompt")
+            # The row is [opener] + p + t[:-1], right-aligned; the input just before t[i]
+            # (the last prompt token, or the opener) predicts it.
+            before_target = width - (opener + len(p) + len(t) - 1) + opener + len(p) - 1
+            for i, token in enumerate(t):
+                rows.append(row)
+                cols.append(before_target + i)
+                labels.append(token)
+        if not labels:
+            raise InvalidInputError("a training batch has no target tokens")
+        device = hidden.device
+        selected = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+        logits = self.lm.get_output_embeddings()(selected).float()
+        target = torch.tensor(labels, device=device)
+        loss_sum = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+        return loss_sum, len(labels)
 
     def generate(
         self,

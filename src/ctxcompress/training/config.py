@@ -1,0 +1,168 @@
+"""Training configuration: dataclasses that load from YAML and take ``a.b=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InvalidInputError
+from .objectives import OBJECTIVES
+
+
+@dataclass
+class DataSource:
+    """One training data source (a spec understood by ``ctxcompress.data``)."""
+
+    source: str
+    objective: str = "qa"
+    """``qa`` (loss on answer + EOS), ``continuation`` or ``autoencoding``."""
+    weight: float = 1.0
+    """Relative sampling weight in the mixture."""
+    limit: int | None = None
+    """Use only the first N records (after the data loader's own ordering)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Passed to the data loader (e.g. ``num_distractors`` for nq-oracle)."""
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation and bookkeeping (defaults: the SAC paper, METHODS.md §1)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    """Global examples per optimizer step (= micro_batch_size x processes x accumulation)."""
+    micro_batch_size: int = 4
+    """Examples per process per forward pass."""
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    warmup_steps: int = 300
+    schedule: str = "constant"
+    """``constant`` after warm-up (paper) or ``cosine``."""
+    grad_clip: float = 2.0
+    mixed_precision: str = "auto"
+    """``auto`` (bf16 where the device has it, else no), ``no``, ``bf16`` or ``fp16``."""
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    continuation_min_tokens: int = 510
+    continuation_max_tokens: int = 2040
+    max_context_tokens: int | None = None
+    """Drop (and report) examples whose context is longer; None keeps all that fit."""
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads "1e-4" as a string: coerce numbers, with a clear error otherwise.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"float": float, "int": int}.get(str(f.type))
+            if kind is None or isinstance(value, bool):
+                continue
+            try:
+                setattr(self, f.name, kind(float(value)) if kind is int else kind(value))
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"train.{f.name} must be a number, got {value!r}") from None
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: what to train, on what, how, and where to write it."""
+
+    method: str
+    base_model: str | None = None
+    """Local folder, hub id, ``embedded`` (default) or ``tiny`` (tests)."""
+    method_options: dict[str, Any] = field(default_factory=dict)
+    data: list[DataSource] = field(default_factory=list)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    output_dir: str = "runs/default"
+    init_from: str | None = None
+    """Stage 2: a stage-1 compressor folder (or checkpoint) to start from."""
+    resume: str = "auto"
+    """``auto`` (continue from the latest checkpoint in output_dir), ``never``, or a path."""
+    dtype: str | None = None
+    """Base model weights dtype (default float32)."""
+
+    def validate(self) -> None:
+        loop = self.train
+        if not self.data:
+            raise InvalidInputError("the config has no data sources (data: [...])")
+        for d in self.data:
+            if d.objective not in OBJECTIVES:
+                raise InvalidInputError(
+                    f"data source {d.source!r}: objective {d.objective!r} is not one of "
+                    f"{', '.join(OBJECTIVES)}"
+                )
+            if d.weight <= 0:
+                raise InvalidInputError(f"data source {d.source!r}: weight must be > 0")
+        for name in ("steps", "batch_size", "micro_batch_size", "log_every", "save_every"):
+            if getattr(loop, name) < 1:
+                raise InvalidInputError(f"train.{name} must be >= 1")
+        if loop.schedule not in ("constant", "cosine"):
+            raise InvalidInputError("train.schedule must be 'constant' or 'cosine'")
+        if loop.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise InvalidInputError("train.mixed_precision must be auto, no, bf16 or fp16")
+        if self.resume not in ("auto", "never") and not Path(self.resume).exists():
+            raise InvalidInputError(f"resume={self.resume!r}: no such checkpoint")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    kwargs = dict(data)
+    if cls is TrainConfig:
+        if "train" in kwargs:
+            kwargs["train"] = _build(LoopConfig, kwargs["train"] or {}, "train")
+        if "data" in kwargs:
+            sources = kwargs["data"] or []
+            kwargs["data"] = [_build(DataSource, d, f"data[{i}]") for i, d in enumerate(sources)]
+    if cls is LoopConfig and "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from exc
+
+
+def parse_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a mapping plus ``key.sub=value`` overrides."""
+    data = dict(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise InvalidInputError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        node = data
+        *parents, last = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InvalidInputError(f"override {item!r}: {part} is not a mapping")
+        node[last] = yaml.safe_load(raw)
+    config = _build(TrainConfig, data, "config")
+    config.validate()
+    return config
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML training config (see ``configs/``) and apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"no config file at {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{path} is not valid YAML: {exc}") from exc
+    return parse_config(data, overrides)

@@ -1,0 +1,357 @@
+"""The training loop, on `accelerate` (one CPU, or DDP / FSDP / DeepSpeed via
+``accelerate launch``).
+
+Per optimizer step the global batch (``train.batch_size`` examples) is drawn by the
+deterministic :class:`MixtureSampler`; process r takes its share, split into micro-batches of
+``train.micro_batch_size`` (the gradient-accumulation steps). The loss is the sum of token
+cross-entropies divided by the number of target tokens in the *global* batch, so any split
+over processes and accumulation steps gives the same gradient as one big batch.
+AdamW (betas 0.9/0.95, weight decay 0.1), warm-up then constant (or cosine), gradient
+clipping, checkpoints every ``save_every`` steps with exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from .. import data as data_lib
+from ..errors import InvalidInputError
+from ..methods import Compressor, build_compressor
+from ..methods.base import CONFIG_FILE
+from ..models import BaseModel, load_base_model
+from . import checkpoint as ckpt
+from .config import DataSource, TrainConfig
+from .objectives import TrainExample, autoencoding_example, continuation_example, qa_example
+from .sampler import MixtureSampler
+
+
+@dataclass
+class SourceExamples:
+    """Tokenized examples of one data source, with what the filters dropped."""
+
+    source: DataSource
+    examples: list[TrainExample]
+    dropped: int
+
+
+def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) -> SourceExamples:
+    """Load one data source and turn it into token-level examples of its objective."""
+    loop = config.train
+    options = dict(source.options)
+    limit, seed = source.limit, loop.seed
+    examples: list[TrainExample] = []
+    dropped = 0
+    if source.objective == "qa":
+        for rec in data_lib.load_qa(source.source, limit=limit, seed=seed, **options):
+            examples.append(qa_example(comp, rec.context, rec.question, rec.answers[0]))
+    else:
+        for text in _texts(source, limit, seed, options):
+            if source.objective == "continuation":
+                ex = continuation_example(
+                    comp,
+                    text,
+                    min_tokens=loop.continuation_min_tokens,
+                    max_tokens=loop.continuation_max_tokens,
+                )
+            else:
+                ex = autoencoding_example(comp, text)
+            if ex is None:
+                dropped += 1
+            else:
+                examples.append(ex)
+    limit_tokens = loop.max_context_tokens
+    if limit_tokens is not None:
+        kept = [e for e in examples if len(e.context_ids) <= limit_tokens]
+        dropped += len(examples) - len(kept)
+        examples = kept
+    if not examples:
+        raise InvalidInputError(
+            f"data source {source.source!r} ({source.objective}) gives no training examples "
+            f"({dropped} dropped by the length filters)"
+        )
+    return SourceExamples(source, examples, dropped)
+
+
+def _texts(source: DataSource, limit, seed, options) -> list[str]:
+    """Plain texts for continuation/autoencoding (see ``ctxcompress.data.load_texts``)."""
+    return [d.text for d in data_lib.load_texts(source.source, limit=limit, seed=seed, **options)]
+
+
+class Trainer:
+    """Trains one compressor as described by a :class:`TrainConfig`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        base_model: BaseModel | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        config.validate()
+        self.config, self.loop, self.on_step = config, config.train, on_step
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            # Without a GPU, cpu=True lets several launched processes (torchrun, or
+            # `accelerate launch --multi_gpu`) form a gloo process group.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=self._mixed_precision(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        acc = self.accelerator
+        world = acc.num_processes
+        per_step = self.loop.micro_batch_size * world
+        if self.loop.batch_size % per_step:
+            raise InvalidInputError(
+                f"train.batch_size ({self.loop.batch_size}) must be a multiple of "
+                f"micro_batch_size x processes ({self.loop.micro_batch_size} x {world})"
+            )
+        self.accumulation = self.loop.batch_size // per_step
+        torch.manual_seed(self.loop.seed)
+        random.seed(self.loop.seed)
+
+        base = base_model or load_base_model(config.base_model, dtype=config.dtype)
+        comp = build_compressor(config.method, base, **config.method_options)
+        if config.init_from:
+            self._init_from(comp, Path(config.init_from))
+        self.compressor = comp
+        self.sources = [build_examples(comp, s, config) for s in config.data]
+        self.sampler = MixtureSampler(
+            [len(s.examples) for s in self.sources],
+            [s.source.weight for s in self.sources],
+            self.loop.seed,
+        )
+        params = list(comp.trainable_parameters().values())
+        if not params:
+            raise InvalidInputError(f"{config.method} has nothing to train")
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.loop.lr,
+            betas=tuple(self.loop.betas),
+            weight_decay=self.loop.weight_decay,
+        )
+        make = (
+            get_cosine_schedule_with_warmup
+            if self.loop.schedule == "cosine"
+            else get_constant_schedule_with_warmup
+        )
+        extra = {"num_training_steps": self.loop.steps} if self.loop.schedule == "cosine" else {}
+        self.scheduler = make(optimizer, num_warmup_steps=self.loop.warmup_steps, **extra)
+        self.model, self.optimizer = acc.prepare(comp, optimizer)
+        self.step = 0
+        self._resume()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _mixed_precision(self) -> str:
+        wanted = self.loop.mixed_precision
+        if wanted != "auto":
+            return wanted
+        has_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16" if has_bf16 else "no"
+
+    @staticmethod
+    def _init_from(comp: Compressor, path: Path) -> None:
+        """Stage 2: start from a stage-1 compressor folder or checkpoint (weights only)."""
+        folder = path / "compressor" if (path / "compressor" / CONFIG_FILE).is_file() else path
+        if not (folder / CONFIG_FILE).is_file():
+            raise InvalidInputError(f"init_from={path}: not a compressor folder or checkpoint")
+        header = json.loads((folder / CONFIG_FILE).read_text())
+        if header["method"] != comp.method:
+            raise InvalidInputError(
+                f"init_from={path} holds a {header['method']!r} compressor, not {comp.method!r}"
+            )
+        if header["base_model"]["fingerprint"] != comp.base_fingerprint:
+            raise InvalidInputError(f"init_from={path} was trained on another base model")
+        comp._load_weights(folder)
+
+    def _resume(self) -> None:
+        cfg = self.config
+        found = ckpt.list_checkpoints(self.output_dir)
+        if cfg.resume == "never":
+            if found:
+                raise InvalidInputError(
+                    f"{self.output_dir} already holds checkpoints ({found[-1].name}); "
+                    "resume from them (resume: auto) or choose another output_dir"
+                )
+            return
+        path = Path(cfg.resume) if cfg.resume != "auto" else (found[-1] if found else None)
+        if path is None:
+            return
+        state, optimizer_state = ckpt.load_state(path)
+        self.compressor._load_weights(path / "compressor")
+        self.optimizer.load_state_dict(optimizer_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        rank_rng = path / f"rng-rank{self.accelerator.process_index}.safetensors"
+        if rank_rng.is_file():
+            ckpt.restore_rng(load_file(str(rank_rng)))
+        ckpt.restore_python_rng(state["python_rng"])
+        self.step = int(state["step"])
+        self._log(f"resumed from {path} at step {self.step}")
+
+    def _log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(f"[ctxcompress train] {message}")
+
+    # ------------------------------------------------------------------ the loop
+    def _my_micro_batches(self, batch: list[tuple[int, int]]) -> list[list[TrainExample]]:
+        acc, mb = self.accelerator, self.loop.micro_batch_size
+        examples = [self.sources[s].examples[i] for s, i in batch]
+        micro = []
+        for a in range(self.accumulation):
+            start = (a * acc.num_processes + acc.process_index) * mb
+            micro.append(examples[start : start + mb])
+        return micro
+
+    def _global_tokens(self, micro: list[list[TrainExample]]) -> tuple[int, int]:
+        mine = sum(len(e.target_ids) for mb in micro for e in mb)
+        seen = sum(len(e.context_ids) + len(e.target_ids) for mb in micro for e in mb)
+        counts = torch.tensor([mine, seen], device=self.accelerator.device)
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        return int(counts[0]), int(counts[1])
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over one global batch; returns its metrics."""
+        acc, model = self.accelerator, self.model
+        micro = self._my_micro_batches(self.sampler.take(self.loop.batch_size))
+        targets, tokens = self._global_tokens(micro)
+        model.train()
+        loss_total = torch.zeros((), device=acc.device)
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1
+            with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                loss_sum, _ = model(
+                    [e.context_ids for e in mb],
+                    [e.prompt_ids for e in mb],
+                    [e.target_ids for e in mb],
+                    [e.task for e in mb],
+                )
+                # DDP averages gradients over processes: scale so the result is the
+                # global-token mean.
+                loss = loss_sum * acc.num_processes / targets
+            acc.backward(loss)
+            loss_total += loss_sum.detach()
+        grad_norm = acc.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], self.loop.grad_clip
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss_global = acc.reduce(loss_total, reduction="sum") / targets
+        return {
+            "step": self.step,
+            "loss": float(loss_global),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "target_tokens": targets,
+            "tokens": tokens,
+        }
+
+    def run(self, until_step: int | None = None) -> dict[str, Any]:
+        """Train to ``train.steps`` (or stop early at ``until_step``); returns a summary."""
+        acc, loop = self.accelerator, self.loop
+        end = min(loop.steps, until_step or loop.steps)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict()))
+            for s in self.sources:
+                self._log(
+                    f"{s.source.source} ({s.source.objective}): {len(s.examples)} "
+                    f"examples, {s.dropped} dropped by length filters"
+                )
+        metrics_path = self.output_dir / "metrics.jsonl"
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            desc=f"train {self.config.method}",
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
+        started, tokens_seen = time.perf_counter(), 0
+        last: dict[str, Any] = {}
+        while self.step < end:
+            last = self.train_step()
+            tokens_seen += last["tokens"]
+            elapsed = time.perf_counter() - started
+            last["tokens_per_s"] = tokens_seen / max(elapsed, 1e-9)
+            last["elapsed_s"] = elapsed
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{last['loss']:.3f}",
+                lr=f"{last['lr']:.2e}",
+                tok_s=f"{last['tokens_per_s']:.0f}",
+            )
+            if acc.is_main_process and (self.step % loop.log_every == 0 or self.step == end):
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+            if self.on_step:
+                self.on_step(self.step, last)
+            if self.step % loop.save_every == 0 or self.step == loop.steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.step < loop.steps and self.step % loop.save_every:
+            self.save_checkpoint()  # stopped early on purpose: make it resumable
+        if self.step >= loop.steps and acc.is_main_process:
+            final = self.output_dir / "compressor"
+            acc.unwrap_model(self.model).save_pretrained(final)
+            self._log(f"done: {final}")
+        acc.wait_for_everyone()
+        return {"step": self.step, **last}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write a complete checkpoint atomically (temporary folder, then rename)."""
+        acc = self.accelerator
+        target = ckpt.checkpoint_dir(self.output_dir, self.step)
+        tmp_root = self.output_dir / "checkpoints"
+        tmp = tmp_root / f".tmp-step-{self.step:06d}"
+        if acc.is_main_process:
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        acc.wait_for_everyone()
+        save_file(ckpt.rng_tensors(), str(tmp / f"rng-rank{acc.process_index}.safetensors"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(tmp / "compressor")
+            tensors, meta = ckpt.optimizer_to_files(self.optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            state = {
+                "step": self.step,
+                "optimizer": meta,
+                "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "python_rng": ckpt.python_rng_state(),
+                "world_size": acc.num_processes,
+            }
+            ckpt.write_json(tmp / ckpt.STATE_FILE, state)  # written last: marks completeness
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            ckpt.prune(self.output_dir, self.loop.keep_checkpoints)
+        acc.wait_for_everyone()
+        return target
+
+
+def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+    """Build a :class:`Trainer` and run it to the end."""
+    return Trainer(config, **kwargs).run()
+
+
+__all__ = ["SourceExamples", "Trainer", "build_examples", "train"]

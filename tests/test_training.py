@@ -1,0 +1,292 @@
+"""Training: label masks, memorisation, exact resume, stage 2, multi-process equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import ctxcompress as cc
+from ctxcompress.methods import TRAINABLE_METHODS
+from ctxcompress.testing import tiny_model
+from ctxcompress.training import (
+    Trainer,
+    autoencoding_example,
+    continuation_example,
+    parse_config,
+    qa_example,
+)
+from tests.conftest import make_sac, randomize_trainables
+
+WORDS = ["alpha", "bravo", "charlie", "delta"]
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    records = [
+        {
+            "context": f"The secret code of box {i} is {w}. It was stored in the attic.",
+            "question": f"What is the code of box {i}?",
+            "answers": [w],
+        }
+        for i, w in enumerate(WORDS)
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def config(method, qa_file, out, **train):
+    loop = {
+        "steps": 8,
+        "batch_size": 4,
+        "micro_batch_size": 2,
+        "lr": 1e-2,
+        "warmup_steps": 2,
+        "log_every": 1,
+        "save_every": 4,
+        **train,
+    }
+    return parse_config(
+        {
+            "method": method,
+            "base_model": "tiny",
+            "method_options": {"ratio": 2, "lora_rank": 8, "lora_alpha": 16},
+            "data": [{"source": f"jsonl:{qa_file}"}],
+            "train": loop,
+            "output_dir": str(out),
+        }
+    )
+
+
+def params(comp):
+    return {n: p.detach().clone() for n, p in comp.trainable_parameters().items()}
+
+
+# --------------------------------------------------------------------------- label masks
+
+
+def test_qa_labels_cover_answer_and_eos_only():
+    comp = make_sac(tiny_model(), ratio=2)
+    tok = comp.tokenizer
+    ex = qa_example(comp, "Paris is in France.", "Where is Paris?", "France")
+    answer = tok("France", add_special_tokens=False).input_ids
+    question = tok(
+        "\n### Question:\nWhere is Paris?\n### Answer:\n", add_special_tokens=False
+    ).input_ids
+    assert list(ex.prompt_ids) == question
+    assert list(ex.target_ids) == answer + [tok.eos_token_id]
+    assert ex.labels() == [-100] * len(question) + answer + [tok.eos_token_id]
+    row = ex.decoder_row()
+    assert row[0] == "[LM]" and row[1:] == question + answer
+    assert len(row) == len(ex.labels())
+    assert list(ex.context_ids) == comp.context_ids("Paris is in France.")
+
+
+def test_continuation_splits_in_half_and_filters_by_length():
+    comp = make_sac(tiny_model(), ratio=2)
+    tok = comp.tokenizer
+    text = "one two three four five six seven eight nine ten"
+    ids = tok(text, add_special_tokens=False).input_ids
+    ex = continuation_example(comp, text, min_tokens=4, max_tokens=100)
+    half = len(ids) // 2
+    prefix = tok("### Context:\n", add_special_tokens=False).input_ids
+    assert list(ex.context_ids) == [tok.bos_token_id, *prefix, *ids[:half]]
+    assert ex.prompt_ids == () and ex.task == "lm"
+    assert list(ex.target_ids) == ids[half:] + [tok.eos_token_id]
+    assert ex.labels() == ids[half:] + [tok.eos_token_id]
+    assert continuation_example(comp, text, min_tokens=len(ids) + 1) is None
+    assert continuation_example(comp, text, min_tokens=1, max_tokens=len(ids) - 1) is None
+
+
+def test_autoencoding_reconstructs_the_context():
+    comp = make_sac(tiny_model(), ratio=2, autoencoding=True)
+    tok = comp.tokenizer
+    ex = autoencoding_example(comp, "Reconstruct me.")
+    assert ex.task == "ae" and ex.decoder_row()[0] == "[AE]"
+    assert list(ex.target_ids) == tok("Reconstruct me.", add_special_tokens=False).input_ids + [
+        tok.eos_token_id
+    ]
+    assert "ae_embedding" in comp.trainable_parameters()
+    no_ae = make_sac(tiny_model(), ratio=2)
+    with pytest.raises(cc.InvalidInputError, match="autoencoding"):
+        no_ae.forward([ex.context_ids], [ex.prompt_ids], [ex.target_ids], [ex.task])
+
+
+@pytest.mark.parametrize("method", ["sac", "icae", "full_context"])
+def test_forward_loss_is_exactly_the_labelled_cross_entropy(method):
+    """The loss only covers the labelled positions, with the documented alignment."""
+    comp = cc.build_compressor(
+        method, tiny_model(), ratio=2, **({"lora_rank": 4} if method != "full_context" else {})
+    )
+    randomize_trainables(comp)
+    examples = [
+        qa_example(comp, "Paris is in France.", "Where?", "France"),
+        qa_example(comp, "A longer context about the report of 1987.", "When?", "1987"),
+    ]
+    loss_sum, count = comp(
+        [e.context_ids for e in examples],
+        [e.prompt_ids for e in examples],
+        [e.target_ids for e in examples],
+    )
+    contexts = comp.encode_ids([e.context_ids for e in examples])
+    inputs = [list(e.prompt_ids) + list(e.target_ids[:-1]) for e in examples]
+    logits = comp.decoder_forward(contexts, inputs)
+    opener = 0 if method == "full_context" else 1
+    expected, n = 0.0, 0
+    for b, e in enumerate(examples):
+        row_len = opener + len(inputs[b])
+        row = logits[b, -row_len:]
+        for j, label in enumerate([-100] * (len(e.prompt_ids) - 1 + opener) + list(e.target_ids)):
+            if label != -100:
+                expected += torch.nn.functional.cross_entropy(row[j], torch.tensor(label)).item()
+                n += 1
+    assert count == n == sum(len(e.target_ids) for e in examples)
+    assert loss_sum.item() == pytest.approx(expected, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("method", TRAINABLE_METHODS)
+def test_training_memorises_a_small_task(method, qa_file, tmp_path):
+    cfg = config(method, qa_file, tmp_path / "run", steps=60, warmup_steps=0, save_every=1000)
+    losses = []
+    trainer = Trainer(
+        cfg,
+        base_model=tiny_model(initializer_range=0.2),
+        on_step=lambda step, m: losses.append(m["loss"]),
+    )
+    trainer.run()
+    assert losses[-1] < 0.4 * losses[0], (losses[0], losses[-1])
+    # The result is a loadable compressor.
+    comp = cc.load_compressor(
+        tmp_path / "run" / "compressor", base_model=tiny_model(initializer_range=0.2)
+    )
+    assert comp.method == method
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 60 and {"loss", "lr", "tokens_per_s"} <= set(json.loads(lines[0]))
+
+
+def test_resume_after_a_crash_equals_one_run(qa_file, tmp_path):
+    one = Trainer(config("sac", qa_file, tmp_path / "one"))
+    one.run()
+    first = Trainer(config("sac", qa_file, tmp_path / "two"))
+    first.run(until_step=4)  # "crash" after the step-4 checkpoint
+    del first
+    ckpts = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
+    assert ckpts == ["step-000004"]
+    second = Trainer(config("sac", qa_file, tmp_path / "two"))
+    assert second.step == 4
+    second.run()
+    a, b = params(one.compressor), params(second.compressor)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    assert one.scheduler.get_last_lr() == second.scheduler.get_last_lr()
+    # Old checkpoints are pruned, none is half-written.
+    names = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
+    assert names == ["step-000004", "step-000008"]
+
+
+def test_accumulation_equals_one_big_micro_batch(qa_file, tmp_path):
+    big = Trainer(config("sac", qa_file, tmp_path / "a", micro_batch_size=4, steps=3))
+    big.run()
+    small = Trainer(config("sac", qa_file, tmp_path / "b", micro_batch_size=1, steps=3))
+    small.run()
+    assert small.accumulation == 4
+    a, b = params(big.compressor), params(small.compressor)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_stage_two_starts_from_stage_one(qa_file, tmp_path):
+    Trainer(config("sac", qa_file, tmp_path / "s1", steps=4)).run()
+    stage1 = cc.load_compressor(tmp_path / "s1" / "compressor")
+    cfg = config("sac", qa_file, tmp_path / "s2", steps=1)
+    cfg.init_from = str(tmp_path / "s1" / "compressor")
+    stage2 = Trainer(cfg)
+    start = params(stage2.compressor)
+    for name, value in params(stage1).items():
+        assert torch.equal(start[name], value), name
+    wrong = config("icae", qa_file, tmp_path / "s3", steps=1)
+    wrong.init_from = str(tmp_path / "s1" / "compressor")
+    with pytest.raises(cc.InvalidInputError, match="'sac' compressor"):
+        Trainer(wrong)
+
+
+def test_existing_checkpoints_are_never_overwritten(qa_file, tmp_path):
+    Trainer(config("sac", qa_file, tmp_path / "r", steps=4)).run()
+    cfg = config("sac", qa_file, tmp_path / "r", steps=4)
+    cfg.resume = "never"
+    with pytest.raises(cc.InvalidInputError, match="already holds checkpoints"):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"train": {"batch_size": 3}}, "multiple"),
+        ({"data": [{"source": "x", "objective": "dance"}]}, "objective"),
+        ({"train": {"lr_typo": 1}}, "unknown key"),
+        ({"data": []}, "no data"),
+    ],
+)
+def test_config_errors(qa_file, tmp_path, change, match):
+    base = {
+        "method": "sac",
+        "base_model": "tiny",
+        "data": [{"source": f"jsonl:{qa_file}"}],
+        "train": {"micro_batch_size": 2},
+        "output_dir": str(tmp_path / "x"),
+    }
+    base.update(change)
+    with pytest.raises(cc.InvalidInputError, match=match):
+        Trainer(parse_config(base))
+
+
+def test_cli_overrides_and_yaml(qa_file, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config("sac", qa_file, tmp_path / "o").to_dict()))
+    from ctxcompress.training import load_config
+
+    cfg = load_config(path, ["train.lr=5e-5", "method_options.ratio=5", "train.steps=2"])
+    assert cfg.train.lr == 5e-5 and cfg.method_options["ratio"] == 5 and cfg.train.steps == 2
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def test_two_processes_match_one_with_the_same_global_batch(qa_file, tmp_path):
+    """Two CPU processes (gloo DDP) == one process with the same global batch.
+
+    Launched as `accelerate launch --multi_gpu --num_processes 2`: on a machine without GPUs
+    the trainer asks accelerate for CPU mode, which forms a gloo group. (accelerate's own
+    `--cpu --num_processes 2` goes through mpirun and, with no MPI hostfile, starts a single
+    process: checked below through the recorded world size.)"""
+    cfg = config("sac", qa_file, tmp_path / "ddp", steps=3, micro_batch_size=2, save_every=100)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no"]
+    cmd = [*launch, "-m", "ctxcompress", "train", "--config", str(path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads(
+        (tmp_path / "ddp" / "checkpoints" / "step-000003" / "trainer_state.json").read_text()
+    )
+    assert state["world_size"] == 2  # really two processes
+    ddp = cc.load_compressor(tmp_path / "ddp" / "compressor")
+    single = Trainer(
+        config("sac", qa_file, tmp_path / "single", steps=3, micro_batch_size=4, save_every=100)
+    )
+    single.run()
+    a, b = params(single.compressor), params(ddp)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
