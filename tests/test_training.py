@@ -290,3 +290,33 @@ def test_two_processes_match_one_with_the_same_global_batch(qa_file, tmp_path):
     a, b = params(single.compressor), params(ddp)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(
+    not __import__("tests.conftest").conftest.has_embedded_model(),
+    reason="embedded model not installed (make test installs it)",
+)
+def test_a_training_step_runs_on_the_embedded_model(tmp_path):
+    """One real step of the small SmolLM2 setting (configs/smollm2/sac-nq-r4.yaml) on CPU;
+    benchmarks/train_step.py measures its seconds per step for docs/benchmarks.md."""
+    from pathlib import Path
+
+    from ctxcompress.training import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root / "configs" / "smollm2" / "sac-nq-r4.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "train.steps=1",
+            "train.batch_size=2",
+            "train.micro_batch_size=2",
+            "train.save_every=10",
+        ],
+    )
+    trainer = Trainer(cfg)
+    before = params(trainer.compressor)
+    summary = trainer.run()
+    assert summary["step"] == 1 and summary["loss"] > 0
+    after = params(trainer.compressor)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
