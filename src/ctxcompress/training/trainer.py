@@ -258,7 +258,8 @@ class Trainer:
             "step": self.step,
             "loss": float(loss_global),
             "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
+            # DeepSpeed clips inside its engine and reports no norm here.
+            "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             "target_tokens": targets,
             "tokens": tokens,
         }
