@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from pathlib import Path
@@ -261,43 +260,31 @@ def test_model_folder_that_is_not_a_compressor(tmp_path):
 # --------------------------------------------------------------------------- demo
 
 
-def _demo_console() -> tuple[Console, io.StringIO]:
+def test_demo_trains_evaluates_and_writes_its_outputs(tmp_path):
+    """The whole demo loop at smoke size on a tiny model (the real run: `make demo`)."""
     buffer = io.StringIO()
-    return Console(file=buffer, width=120), buffer
-
-
-def test_demo_zen_fallback(monkeypatch):
-    monkeypatch.setattr(demo, "find_data_file", lambda: None)
-    console, buffer = _demo_console()
-    result = demo.main(tiny_model(), max_new_tokens=3, console=console)
+    settings = demo.DemoSettings(
+        steps=2, batch_size=2, eval_limit=3, max_new_tokens=4, out_dir=tmp_path / "demo"
+    )
+    overall = demo.main(tiny_model(), settings, console=Console(file=buffer, width=140))
     printed = buffer.getvalue()
-    assert "Zen of Python" in result["source"]
-    assert len(result["answers"]) == 3
-    assert result["kv_bytes_full"] > result["kv_bytes"] > 0
-    assert "untrained" in printed.lower() and "full context" in printed
-
-
-def test_demo_picks_an_nq_test_item(tmp_path, monkeypatch):
-    items = []
-    for i in range(25):
-        words = 300 if i == 20 else 20  # only test items (i % 10 == 0) count; i=20 fits
-        items.append(
-            {
-                "question": f"question {i}",
-                "answers": [f"answer {i}"],
-                "ctxs": [{"title": f"title {i}", "text": "x"}],
-                "nq_annotated_gold": {"title": f"title {i}", "long_answer": "word " * words},
-            }
-        )
-    items[21]["nq_annotated_gold"]["long_answer"] = "word " * 300  # dev item: ignored
-    data = tmp_path / demo.DATA_FILE
-    with gzip.open(data, "wt") as f:
-        f.writelines(json.dumps(item) + "\n" for item in items)
-    monkeypatch.setenv(demo.DATA_ENV, str(tmp_path))
-    assert demo.find_data_file() == data
-    doc = demo.pick_document()
-    assert doc.questions[0] == "question 20?" and doc.gold[0] == "answer 20"
-    assert len(doc.questions) == 3
-    console, _ = _demo_console()
-    result = demo.main(tiny_model(), max_new_tokens=2, console=console)
-    assert result["answers"][0]["question"] == "question 20?"
+    assert [k.split(" ")[0] for k in overall] == [
+        "sac@4x",
+        "truncation@4x",
+        "full_context",
+        "no_context",
+    ]
+    for scores in overall.values():
+        assert {"rouge1", "rouge2", "rougeL", "n"} <= set(scores) and scores["n"] == 3
+    assert (
+        overall["full_context (zero-shot)"]["compressed_length"]
+        > overall["truncation@4x (zero-shot)"]["compressed_length"]
+    )
+    out = tmp_path / "demo"
+    assert (out / "quality_vs_ratio.png").stat().st_size > 1000
+    assert "ROUGE-L" in (out / "results.md").read_text()
+    assert len(list((out / "eval").glob("*.json"))) == 4
+    assert "What this measured" in printed and "sac@4x" in printed
+    # A rerun reuses the finished training (resumes at its last step, trains nothing).
+    again = demo.main(tiny_model(), settings, console=Console(file=io.StringIO()))
+    assert again.keys() == overall.keys()

@@ -154,6 +154,10 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option("--device", help="Device for the model, e.g. cpu or cuda (default: cpu)."),
 ]
+RatioOpt = Annotated[
+    int | None,
+    typer.Option("--ratio", "-r", help="Compression ratio r of a fresh compressor (default 4)."),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object instead of tables.")
 ]
@@ -188,6 +192,7 @@ def get_compressor(
     ratio: int | None,
     dtype: str | None,
     device: str | None,
+    options: dict[str, Any] | None = None,
 ):
     """``--model`` (a saved compressor) or a fresh untrained one; returns ``(comp, fresh)``."""
     if model is not None:
@@ -205,7 +210,7 @@ def get_compressor(
         with err_console.status(f"Loading compressor {model} ..."):
             return load_compressor(model, base_model=base, **kwargs), False
     key = resolve_method(method)
-    options = {"ratio": 4 if ratio is None else ratio}
+    options = {**(options or {}), "ratio": 4 if ratio is None else ratio}
     METHODS[key].config_class.from_dict(options)  # validate before the slow model load
     name = base_model or "embedded (the first use converts its GGUF file: ~30 s)"
     with err_console.status(f"Loading base model {name} ..."):
@@ -472,6 +477,116 @@ def demo() -> None:
     from . import demo as demo_module
 
     demo_module.main()
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as YAML) for method options."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InvalidInputError(f"--set {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        out[key.strip()] = raw if value is None else value
+    return out
+
+
+@app.command(name="eval")
+@user_errors
+def eval_command(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Dataset spec: nq-oracle:test, nq-oracle:dev, aclsum:validation, "
+            "hub:mrqa:validation, jsonl:PATH, ... (see ctxcompress.data).",
+        ),
+    ],
+    model: ModelOpt = None,
+    base_model: BaseModelOpt = None,
+    method: Annotated[
+        str, typer.Option(help="Method for a fresh compressor or hard baseline (no --model).")
+    ] = "truncation",
+    ratio: RatioOpt = None,
+    options: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
+    ] = None,
+    data_options: Annotated[
+        list[str] | None,
+        typer.Option("--data-set", help="Data loader option, key=value (e.g. num_distractors=9)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    label: Annotated[
+        str | None, typer.Option(help="Row name in tables and plots (default: method@ratio).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write every prediction (JSON) + a Markdown table."),
+    ] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Evaluate a trained compressor or a hard baseline on a dataset split.
+
+    QA data is scored with SQuAD/MRQA EM and token F1 (max over gold answers) and with the SAC
+    paper's convention; summarisation data (aclsum) with ROUGE-1/2/L. Prints the table; `--out`
+    keeps every prediction for inspection.
+    """
+    from .data import load_qa, load_summarization
+    from .evaluation import evaluate, markdown_table
+
+    loader_options = parse_options(data_options)
+    is_summary = data.startswith("aclsum:")
+    load = load_summarization if is_summary else load_qa
+    examples = load(data, limit=limit, **loader_options)
+    comp, _fresh = get_compressor(
+        model=model,
+        base_model=base_model,
+        method=method,
+        ratio=ratio,
+        dtype=dtype,
+        device=device,
+        options=parse_options(options),
+    )
+    result = evaluate(
+        comp,
+        examples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        label=label or f"{comp.method}@{comp.config.ratio}x",
+    )
+    console.print(markdown_table([result]))
+    if out is not None:
+        console.print(f"predictions: {result.save(out)}  table: {Path(out).with_suffix('.md')}")
+
+
+@app.command()
+@user_errors
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="Evaluation JSON files (ctxcompress eval --out).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG plot to write.")] = Path(
+        "quality_vs_ratio.png"
+    ),
+    metric: Annotated[
+        str | None, typer.Option(help="f1, em, sac_f1, sac_em, rouge1, rouge2, rougeL.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="Plot title.")] = None,
+) -> None:
+    """Draw quality against compression ratio for several evaluation runs, and print the table."""
+    from .evaluation import EvalResult, markdown_table, plot_quality_vs_ratio
+
+    loaded = [EvalResult.load(p) for p in results]
+    if len({r.task for r in loaded}) > 1:
+        raise InvalidInputError("mixing QA and summarisation results in one report")
+    console.print(markdown_table(loaded))
+    console.print(f"plot: {plot_quality_vs_ratio(loaded, out, metric=metric, title=title)}")
 
 
 @app.command()

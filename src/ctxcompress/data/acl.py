@@ -12,6 +12,8 @@ Document text (``source=``):
   sentences are space-tokenised (``"paper , we"``); a light detokeniser removes the spaces
   before ``, . ; : ? ! ) ] %`` and ``'s``/``n't`` and after ``( [``. Sections are separated by
   a blank line and start with their name. Median ~960 words.
+- ``"abstract"``: the title and abstract only (the same sentences; ~150-250 words), a short
+  context for quick CPU runs such as ``make demo``.
 - ``"fulltext"``: the whole paper from the S2ORC parse (untokenised): abstract and every body
   paragraph, with a heading line (``"3 Method"``) whenever the section changes. Figure and table
   captions and the bibliography are left out. Median ~4,400 words, up to ~19,000.
@@ -34,7 +36,7 @@ from .records import DataError, SummarizationExample, TextDocument
 
 ASPECTS = ("challenge", "approach", "outcome")
 SECTIONS = ("abstract", "introduction", "conclusion")
-SOURCES = ("sections", "fulltext")
+SOURCES = ("sections", "abstract", "fulltext")
 _SPLITS = {"train": "train", "validation": "val", "val": "val", "dev": "val", "test": "test"}
 
 
@@ -63,10 +65,10 @@ def detokenize(text: str) -> str:
     return _SPACE_AFTER.sub(r"\1", _SPACE_BEFORE.sub(r"\1", text))
 
 
-def sections_text(paper: Any, title: bool = True) -> str:
+def sections_text(paper: Any, title: bool = True, sections: Sequence[str] = SECTIONS) -> str:
     """Abstract, introduction and conclusion from the package's sentences (see the module doc)."""
     parts = [paper.title.strip()] if title and paper.title else []
-    for section in SECTIONS:
+    for section in sections:
         sentences = [s.strip() for s in paper.sentences.get(section, []) if s.strip()]
         if sentences:
             parts.append(section.capitalize() + "\n" + detokenize(" ".join(sentences)))
@@ -105,7 +107,9 @@ def fulltext(paper: Any, title: bool = True) -> str:
 def _document(paper: Any, source: str, title: bool) -> str:
     if source not in SOURCES:
         raise DataError(f"aclsum: source={source!r} is not one of {', '.join(SOURCES)}")
-    return sections_text(paper, title) if source == "sections" else fulltext(paper, title)
+    if source == "fulltext":
+        return fulltext(paper, title)
+    return sections_text(paper, title, SECTIONS if source == "sections" else ("abstract",))
 
 
 def load_aclsum_summaries(

@@ -49,3 +49,13 @@ class SummarizationExample:
     aspect: str
     id: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def question(self, template: str | None = None) -> str:
+        """The question that asks for this summary (training and evaluation use the same)."""
+        if template is None:
+            template = SUMMARY_QUESTION if self.aspect else SUMMARY_QUESTION_NO_ASPECT
+        return template.format(aspect=self.aspect)
+
+
+SUMMARY_QUESTION = "Summarize the {aspect} of this paper in one sentence."
+SUMMARY_QUESTION_NO_ASPECT = "Summarize this document in one sentence."

@@ -20,7 +20,8 @@ class DataSource:
 
     source: str
     objective: str = "qa"
-    """``qa`` (loss on answer + EOS), ``continuation`` or ``autoencoding``."""
+    """``qa`` (loss on answer + EOS), ``summarization`` (the same with the summary),
+    ``continuation`` or ``autoencoding``."""
     weight: float = 1.0
     """Relative sampling weight in the mixture."""
     limit: int | None = None

@@ -6,7 +6,9 @@ that follows the ``[LM]``/``[AE]`` token, and the supervised target. The decoder
 with EOS), nothing else: see ``Compressor.forward``.
 
 - **QA fine-tuning**: context = the passage, prompt = the question template, target = the
-  first gold answer + EOS.
+  first gold answer + EOS. **Summarisation** is the same with the document as context, the
+  question ``SummarizationExample.question()`` ("Summarize the challenge of this paper in one
+  sentence.") and the reference summary as the answer.
 - **Continuation pretraining** (SAC, no autoencoding): a document of ``min_tokens`` to
   ``max_tokens`` tokens (510-2040 in the paper) is cut in half; the first half is compressed,
   the second half + EOS is the target right after ``[LM]`` (empty prompt).
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from ..errors import InvalidInputError
 from ..methods.base import Compressor
 
-OBJECTIVES = ("qa", "continuation", "autoencoding")
+OBJECTIVES = ("qa", "summarization", "continuation", "autoencoding")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,9 @@ def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) ->
     if source.objective == "qa":
         for rec in data_lib.load_qa(source.source, limit=limit, seed=seed, **options):
             examples.append(qa_example(comp, rec.context, rec.question, rec.answers[0]))
+    elif source.objective == "summarization":
+        for doc in data_lib.load_summarization(source.source, limit=limit, seed=seed, **options):
+            examples.append(qa_example(comp, doc.document, doc.question(), doc.summary))
     else:
         for text in _texts(source, limit, seed, options):
             if source.objective == "continuation":

@@ -1,0 +1,147 @@
+"""Quality benchmark: every method on SmolLM2-135M and the shared NQ-open oracle data.
+
+Two settings, each trained with the same budget per method (``--steps`` x batch 4, the small
+settings of ``configs/smollm2/``) on the train split and evaluated on the first
+``--eval-limit`` test items:
+
+* ``r4``:  ratio 4 on single gold passages (~150 tokens);
+* ``r16``: ratio 16 on 10-passage contexts (the gold passage among 9 distractors, at a
+  position drawn per item and recorded in the predictions).
+
+Trainable methods: SAC, PIC, ICAE, 500x, EPL (QA fine-tuning only: no stage 1 here). Hard
+baselines, zero-shot through the model's chat template: truncation to the same budget, full
+context, no context. Everything is checkpointed under ``--out``: rerun the same command to
+resume (finished trainings and evaluations are reused). Writes ``<out>/<setting>/table.md``,
+``<out>/<setting>/quality_vs_ratio.png`` and ``<out>/summary.json`` (with wall times).
+
+    python benchmarks/quality/run.py --out benchmarks/quality/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import ctxcompress as cc
+from ctxcompress.data import load_qa
+from ctxcompress.evaluation import EvalResult, evaluate, markdown_table, plot_quality_vs_ratio
+from ctxcompress.methods import TRAINABLE_METHODS
+from ctxcompress.prompts import chat_prompt_options
+from ctxcompress.training import Trainer, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+FOLDER = {"500x": "xc500"}
+SETTINGS = {
+    "r4": {"ratio": 4, "data_options": {}},
+    "r16": {"ratio": 16, "data_options": {"num_distractors": 9}},
+}
+HARD = ("truncation", "full_context", "no_context")
+
+
+def add_seconds(path: Path, key: str, seconds: float) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = data.get(key, 0.0) + seconds
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def train_method(method: str, setting: str, args, out: Path) -> cc.Compressor:
+    spec = SETTINGS[setting]
+    config = load_config(
+        ROOT / "configs" / "smollm2" / f"{FOLDER.get(method, method)}-nq-r4.yaml",
+        [
+            f"output_dir={out / 'train' / method}",
+            f"train.steps={args.steps}",
+            f"train.save_every={args.save_every}",
+            f"method_options.ratio={spec['ratio']}",
+        ],
+    )
+    config.data[0].options.update(spec["data_options"])
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    trainer.run()
+    add_seconds(out / "wall_seconds.json", f"train:{method}", time.perf_counter() - start)
+    return trainer.compressor
+
+
+def run_setting(setting: str, args) -> list[EvalResult]:
+    spec = SETTINGS[setting]
+    out = args.out / setting
+    out.mkdir(parents=True, exist_ok=True)
+    examples = load_qa("nq-oracle:test", limit=args.eval_limit, **spec["data_options"])
+    results = []
+    for method in args.methods:
+        path = out / "eval" / f"{method}.json"
+        if path.is_file():
+            results.append(EvalResult.load(path))
+            continue
+        if method in TRAINABLE_METHODS:
+            comp = train_method(method, setting, args, out)
+            label = f"{method}@{spec['ratio']}x"
+        else:
+            base = cc.load_base_model()
+            options = chat_prompt_options(base.tokenizer)
+            if method == "truncation":
+                options["ratio"] = spec["ratio"]
+            comp = cc.build_compressor(method, base, **options)
+            label = {"truncation": f"truncation@{spec['ratio']}x"}.get(method, method)
+            label += " (zero-shot)"
+        start = time.perf_counter()
+        result = evaluate(comp, examples, max_new_tokens=32, batch_size=16, label=label)
+        add_seconds(out / "wall_seconds.json", f"eval:{method}", time.perf_counter() - start)
+        result.info["setting"] = setting
+        results.append(result)
+        result.save(path)
+        del comp
+    (out / "table.md").write_text(markdown_table(results) + "\n")
+    plot_quality_vs_ratio(
+        [r for r in results if not r.method.startswith("no_context")],
+        out / "quality_vs_ratio.png",
+        metric="f1",
+        title=f"NQ-open oracle test, SmolLM2-135M, setting {setting}",
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "quality" / "results")
+    parser.add_argument("--settings", default="r4,r16")
+    parser.add_argument("--methods", default=",".join([*TRAINABLE_METHODS, *HARD]))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--eval-limit", type=int, default=100)
+    args = parser.parse_args()
+    args.methods = args.methods.split(",")
+    summary = {
+        "command": "python benchmarks/quality/run.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ','.join(v)}"
+            for k, v in vars(args).items()
+            if k != "out"
+        ),
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+        "settings": {},
+    }
+    for setting in args.settings.split(","):
+        results = run_setting(setting, args)
+        walls = json.loads((args.out / setting / "wall_seconds.json").read_text())
+        summary["settings"][setting] = {
+            "table": markdown_table(results),
+            "overall": {r.method: r.overall for r in results},
+            "wall_seconds": walls,
+        }
+        print(markdown_table(results), flush=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Plots of quality against compression ratio from saved evaluation results."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from .runner import EvalResult
+
+DEFAULT_METRIC = {"qa": "f1", "summarization": "rougeL"}
+LABELS = {
+    "f1": "token F1",
+    "em": "exact match",
+    "sac_f1": "ROUGE-1 F (SAC convention)",
+    "sac_em": "EM (SAC convention)",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+}
+
+
+def system_name(result: EvalResult) -> str:
+    """The system without its ratio suffix (``"sac@4x"`` -> ``"sac"``)."""
+    return result.method.split("@")[0]
+
+
+def plot_quality_vs_ratio(
+    results: Sequence[EvalResult],
+    out: str | Path,
+    *,
+    metric: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """One line per system (quality against achieved ratio, log-scaled x); PNG at ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("no results to plot")
+    metric = metric or DEFAULT_METRIC[results[0].task]
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in results:
+        series[system_name(r)].append((r.ratio, 100 * r.overall[metric]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, points in sorted(series.items()):
+        points.sort()
+        xs, ys = zip(*points, strict=True)
+        style = "--" if name in ("full_context", "no_context") else "-"
+        ax.plot(xs, ys, style, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("compression ratio L / C (log scale)")
+    ax.set_ylabel(f"{LABELS.get(metric, metric)} (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,214 @@
+"""Running a compressor (or a hard baseline) over a dataset and scoring it.
+
+Contexts are compressed in batches, every question is answered greedily against its own
+context (batched), and each prediction is kept with its scores for inspection. QA is scored
+with the standard SQuAD/MRQA EM and token F1 (max over gold answers) and with the SAC paper's
+convention (raw EM and ROUGE-1 F against the first gold answer); summaries with ROUGE-1/2/L.
+Results are grouped by ``meta["subset"]`` when the data has subsets (MRQA) and averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..data.records import QAExample, SummarizationExample
+from ..errors import InvalidInputError
+from ..methods.base import Compressor
+from . import metrics
+
+
+@dataclass
+class Prediction:
+    id: str
+    question: str
+    prediction: str
+    golds: list[str]
+    scores: dict[str, float]
+    subset: str | None = None
+    compressed_length: int = 0
+    original_length: int = 0
+
+
+@dataclass
+class EvalResult:
+    """Every prediction plus aggregate scores (overall and per subset)."""
+
+    method: str
+    ratio: float
+    task: str
+    predictions: list[Prediction]
+    overall: dict[str, float]
+    subsets: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON (every prediction) next to a Markdown table (``.md``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        text = markdown_table([self])
+        if self.subsets:
+            text += "\n\nPer subset:\n\n" + subset_table(self)
+        path.with_suffix(".md").write_text(text + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResult:
+        data = json.loads(Path(path).read_text())
+        data["predictions"] = [Prediction(**p) for p in data["predictions"]]
+        return cls(**data)
+
+
+def _batches(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate(
+    comp: Compressor,
+    examples: Sequence[QAExample | SummarizationExample],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    stop: Sequence[str] = ("\n",),
+    summary_question: str | None = None,
+    progress: bool = True,
+    label: str | None = None,
+) -> EvalResult:
+    """Compress each example's context, answer its question, score the answers."""
+    if not examples:
+        raise InvalidInputError("nothing to evaluate: the example list is empty")
+    summarization = isinstance(examples[0], SummarizationExample)
+    if any(isinstance(e, SummarizationExample) != summarization for e in examples):
+        raise InvalidInputError("mixed QA and summarisation examples in one evaluation")
+    predictions: list[Prediction] = []
+    timing = {"compress": 0.0, "generate": 0.0}
+    bar = tqdm(
+        total=len(examples),
+        desc=f"eval {label or comp.method}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for batch in _batches(list(examples), batch_size):
+        if summarization:
+            contexts = [e.document for e in batch]
+            questions = [e.question(summary_question) for e in batch]
+            golds = [[e.summary] for e in batch]
+        else:
+            contexts = [e.context for e in batch]
+            questions = [e.question for e in batch]
+            golds = [list(e.answers) for e in batch]
+        start = time.perf_counter()
+        compressed = comp.compress(contexts)
+        timing["compress"] += time.perf_counter() - start
+        start = time.perf_counter()
+        answers = comp.generate(
+            compressed, questions, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size
+        )
+        timing["generate"] += time.perf_counter() - start
+        for e, q, a, g, c in zip(batch, questions, answers, golds, compressed, strict=True):
+            scores = metrics.rouge_scores(a, g[0]) if summarization else metrics.qa_scores(a, g)
+            predictions.append(
+                Prediction(
+                    id=e.id,
+                    question=q,
+                    prediction=a,
+                    golds=g,
+                    scores=scores,
+                    subset=e.meta.get("subset"),
+                    compressed_length=c.compressed_length,
+                    original_length=c.original_length,
+                )
+            )
+        bar.update(len(batch))
+    bar.close()
+    overall = _average(predictions)
+    subsets: dict[str, dict[str, float]] = {}
+    names = sorted({p.subset for p in predictions if p.subset})
+    for name in names:
+        subsets[name] = _average([p for p in predictions if p.subset == name])
+    if names:
+        overall["macro_avg_over_subsets"] = {
+            k: statistics.fmean(s[k] for s in subsets.values())
+            for k in subsets[names[0]]
+            if k != "n"
+        }
+    ratio = statistics.fmean(p.original_length / max(1, p.compressed_length) for p in predictions)
+    return EvalResult(
+        method=label or comp.method,
+        ratio=ratio,
+        task="summarization" if summarization else "qa",
+        predictions=predictions,
+        overall=overall,
+        subsets=subsets,
+        seconds=timing,
+        info={
+            "max_new_tokens": max_new_tokens,
+            "compressor": comp.fingerprint,
+            "config_ratio": comp.config.ratio,
+        },
+    )
+
+
+def _average(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    keys = predictions[0].scores.keys()
+    out: dict[str, Any] = {k: statistics.fmean(p.scores[k] for p in predictions) for k in keys}
+    out["n"] = len(predictions)
+    out["compressed_length"] = statistics.fmean(p.compressed_length for p in predictions)
+    out["original_length"] = statistics.fmean(p.original_length for p in predictions)
+    return out
+
+
+QA_COLUMNS = [
+    ("em", "EM"),
+    ("f1", "F1"),
+    ("sac_em", "EM (SAC conv.)"),
+    ("sac_f1", "F1 (SAC conv.)"),
+]
+SUMMARY_COLUMNS = [("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L")]
+
+
+def markdown_table(results: Sequence[EvalResult]) -> str:
+    """One row per result: scores in %, mean context and compressed lengths, ratio."""
+    columns = SUMMARY_COLUMNS if results[0].task == "summarization" else QA_COLUMNS
+    head = ["system", *[c for _, c in columns], "L (tokens)", "C (tokens)", "ratio", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        o = r.overall
+        cells = [
+            r.method,
+            *[f"{100 * o[k]:.1f}" for k, _ in columns],
+            f"{o['original_length']:.0f}",
+            f"{o['compressed_length']:.0f}",
+            f"{r.ratio:.1f}x",
+            str(o["n"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def subset_table(result: EvalResult) -> str:
+    """One row per subset (MRQA's six in-domain or out-of-domain sets) plus the macro average."""
+    columns = SUMMARY_COLUMNS if result.task == "summarization" else QA_COLUMNS
+    head = ["subset", *[c for _, c in columns], "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, scores in result.subsets.items():
+        cells = [name, *[f"{100 * scores[k]:.1f}" for k, _ in columns], str(scores["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    macro = result.overall.get("macro_avg_over_subsets")
+    if macro:
+        cells = ["macro average", *[f"{100 * macro[k]:.1f}" for k, _ in columns], ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

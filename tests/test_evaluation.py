@@ -1,0 +1,140 @@
+"""The evaluation runner, its outputs, `ctxcompress eval` and `ctxcompress report`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import ctxcompress as cc
+from ctxcompress.cli import app
+from ctxcompress.data import QAExample, SummarizationExample
+from ctxcompress.evaluation import EvalResult, evaluate, markdown_table, plot_quality_vs_ratio
+from ctxcompress.testing import tiny_model
+
+QA = [
+    QAExample(
+        context="The committee met in Paris in 1987.",
+        question="Where did it meet?",
+        answers=("Paris", "in Paris"),
+        id="q1",
+        meta={"subset": "A"},
+    ),
+    QAExample(
+        context="Anchors collect information from the chunk.",
+        question="What collects?",
+        answers=("Anchors",),
+        id="q2",
+        meta={"subset": "B"},
+    ),
+    QAExample(
+        context="The report was written in 1987 by the committee.",
+        question="When?",
+        answers=("1987",),
+        id="q3",
+        meta={"subset": "A"},
+    ),
+]
+
+
+def test_qa_evaluation_scores_every_prediction(tmp_path):
+    comp = cc.build_compressor("truncation", tiny_model(), ratio=2)
+    result = evaluate(comp, QA, max_new_tokens=4, batch_size=2, progress=False)
+    assert [p.id for p in result.predictions] == ["q1", "q2", "q3"]
+    for p in result.predictions:
+        assert set(p.scores) == {"em", "f1", "sac_em", "sac_f1"}
+        assert p.compressed_length == comp.compressed_length(p.original_length)
+    assert set(result.subsets) == {"A", "B"} and result.subsets["A"]["n"] == 2
+    assert "macro_avg_over_subsets" in result.overall
+    assert result.overall["n"] == 3 and 1.5 < result.ratio < 2.5
+    path = result.save(tmp_path / "r.json")
+    back = EvalResult.load(path)
+    assert back.predictions == result.predictions and back.overall == result.overall
+    table = path.with_suffix(".md").read_text()
+    assert "| truncation |" in table and "| A |" in table and "macro average" in table
+
+
+def test_perfect_predictions_score_one(monkeypatch):
+    comp = cc.build_compressor("full_context", tiny_model())
+    monkeypatch.setattr(comp, "generate", lambda ctxs, qs, **kw: ["Paris", "Anchors", "1987"])
+    result = evaluate(comp, QA, progress=False)
+    assert result.overall["em"] == result.overall["f1"] == 1.0
+    assert result.overall["sac_em"] == 1.0
+
+
+def test_summarization_evaluation_uses_rouge():
+    docs = [
+        SummarizationExample(
+            document="We propose a new method for compression.",
+            summary="A new compression method.",
+            aspect="approach",
+            id="d1",
+        )
+    ]
+    comp = cc.build_compressor("no_context", tiny_model())
+    result = evaluate(comp, docs, max_new_tokens=3, progress=False)
+    assert result.task == "summarization"
+    assert result.predictions[0].question == (
+        "Summarize the approach of this paper in one sentence."
+    )
+    assert set(result.predictions[0].scores) == {"rouge1", "rouge2", "rougeL"}
+
+
+def test_errors():
+    comp = cc.build_compressor("full_context", tiny_model())
+    with pytest.raises(cc.InvalidInputError, match="empty"):
+        evaluate(comp, [])
+
+
+def test_plot_and_table(tmp_path):
+    comps = {r: cc.build_compressor("truncation", tiny_model(), ratio=r) for r in (2, 4)}
+    results = [
+        evaluate(c, QA, max_new_tokens=2, progress=False, label=f"truncation@{r}x")
+        for r, c in comps.items()
+    ]
+    table = markdown_table(results)
+    assert table.count("| truncation@") == 2 and "F1 (SAC conv.)" in table
+    png = plot_quality_vs_ratio(results, tmp_path / "p.png", metric="f1")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_and_report_commands(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"context": e.context, "question": e.question, "answers": list(e.answers)})
+            for e in QA
+        )
+        + "\n"
+    )
+    runner = CliRunner()
+    outs = []
+    for ratio in (2, 4):
+        out = tmp_path / f"trunc{ratio}.json"
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                "--data",
+                f"jsonl:{data}",
+                "--method",
+                "truncation",
+                "--base-model",
+                "tiny",
+                "--ratio",
+                str(ratio),
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(out),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert "truncation@" in result.output and out.is_file()
+        outs.append(str(out))
+    result = runner.invoke(app, ["report", *outs, "--out", str(tmp_path / "plot.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "plot.png").is_file()
+    bad = runner.invoke(app, ["eval", "--data", "nope:x", "--base-model", "tiny"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
