@@ -102,3 +102,20 @@ def test_corrupt_cache_says_what_to_run(monkeypatch, tmp_path):
     (broken / "config.json").write_text("{}")
     with pytest.raises(cc.ModelLoadError, match="rm -rf"):
         cc.load_base_model()
+
+
+@embedded
+def test_chat_prompt_options_reproduce_the_chat_template(smol):
+    """Zero-shot baselines split the rendered chat into context prefix + question template:
+    together they must tokenize exactly like the model's own chat template."""
+    from ctxcompress.prompts import chat_prompt_options
+
+    options = chat_prompt_options(smol.tokenizer)
+    comp = cc.build_compressor("full_context", smol, **options)
+    context, question = "The Eiffel Tower is in Paris.", "Where is the tower?"
+    ids = comp.context_ids(context) + comp.question_ids(question)
+    messages = [{"role": "user", "content": f"{context}\n\n{question}"}]
+    text = smol.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert ids == smol.tokenizer(text, add_special_tokens=False).input_ids
+    answer = comp.generate(comp.compress(context), question, max_new_tokens=12)
+    assert "Paris" in answer or "Eiffel" in answer  # a coherent, on-topic answer
