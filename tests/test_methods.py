@@ -128,7 +128,24 @@ def test_compressed_lengths_are_exact(method, r, length):
     ids = [(11 * i) % 300 + 3 for i in range(length)]
     (ctx,) = comp.compress_ids([ids])
     expected = 0 if method == "no_context" else sac_compressed_length(length, r, 510)
-    assert ctx.compressed_length == expected == comp.compressed_length(length)
+    assert ctx.compressed_length == expected
+    if method != "truncation":  # compressed_length() assumes the prompt prefix (see below)
+        assert comp.compressed_length(length) == expected
+
+
+@pytest.mark.parametrize("r", [2, 4])
+def test_truncation_keeps_the_prompt_prefix_and_budgets_the_document(r):
+    comp = build("truncation", ratio=r)
+    text = TEXT * 4
+    ids = comp.context_ids(text)
+    prefix = comp.prefix_ids()
+    assert ids[: len(prefix)] == prefix and len(prefix) == 1 + len(
+        comp.tokenizer("### Context:\n", add_special_tokens=False).input_ids
+    )
+    body = ids[len(prefix) :]
+    budget = sac_compressed_length(len(body), r, comp.config.chunk_size)
+    assert comp.keep(ids) == prefix + body[:budget]
+    assert comp.compress(text).compressed_length == len(prefix) + budget
 
 
 @pytest.mark.parametrize("length", [1, 37, 600])

@@ -231,6 +231,12 @@ class Compressor(nn.Module):
         bos = self.tokenizer.bos_token_id
         return ([bos] if self.config.add_bos and bos is not None else []) + list(ids)
 
+    def prefix_ids(self) -> list[int]:
+        """The ids every tokenized context starts with: BOS (if used) + ``context_prefix``."""
+        ids = self.tokenizer(self.config.context_prefix, add_special_tokens=False).input_ids
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if self.config.add_bos and bos is not None else []) + list(ids)
+
     def question_ids(self, question: str) -> list[int]:
         if not isinstance(question, str):
             raise InvalidInputError(f"a question must be a str, got {type(question).__name__}")

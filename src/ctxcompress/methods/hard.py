@@ -3,9 +3,9 @@ truncation to the same token budget as the compressors (METHODS.md §3).
 
 Each "compresses" into the frozen model's own KV cache of the tokens it keeps, read as an
 ordinary prompt: contiguous positions from ``position_start`` (default 0), no ``[LM]`` token.
-Truncation keeps exactly as many tokens as the learned methods keep entries at the same ratio
-(``positions.memory_slots`` per chunk), from the head, or half from the head and half from
-the tail (``truncation="head_tail"``).
+Truncation keeps exactly as many document tokens as the learned methods keep entries at the
+same ratio (``positions.memory_slots`` per chunk), from the head, or half from the head and
+half from the tail (``truncation="head_tail"``); the prompt prefix is kept whole.
 """
 
 from __future__ import annotations
@@ -127,20 +127,39 @@ class NoContext(HardBaseline):
 
 
 class Truncation(HardBaseline):
-    """The context cut to the learned methods' budget at the same ratio."""
+    """The context cut to the learned methods' budget at the same ratio.
+
+    The prompt prefix (BOS and ``context_prefix``, e.g. a chat template's system turn) is
+    layout, not context: it is kept whole, and the budget is computed on, and spent on, the
+    document's own tokens.
+    """
 
     method = "truncation"
     config_class = TruncationConfig
     config: TruncationConfig
 
     def budget(self, length: int) -> int:
+        """Tokens kept of a document of ``length`` tokens (= the learned methods' entries)."""
+        if length == 0:
+            return 0
         spans = chunk_spans(length, self.config.chunk_size)
         return sum(memory_slots(e - s, self.config.ratio) for s, e in spans)
 
+    def _prefix_length(self, ids: Sequence[int]) -> int:
+        prefix = self.prefix_ids()
+        return len(prefix) if list(ids[: len(prefix)]) == prefix else 0
+
+    def compressed_length(self, length: int) -> int:
+        """Entries kept of a tokenized context of ``length`` tokens (prefix included)."""
+        n = min(len(self.prefix_ids()), length)
+        return n + self.budget(length - n)
+
     def keep(self, ids: Sequence[int]) -> list[int]:
         ids = list(ids)
-        budget = self.budget(len(ids)) if ids else 0
+        n = self._prefix_length(ids)
+        prefix, body = ids[:n], ids[n:]
+        budget = self.budget(len(body))
         if self.config.truncation == "head":
-            return ids[:budget]
+            return prefix + body[:budget]
         head = (budget + 1) // 2
-        return ids[:head] + ids[len(ids) - (budget - head) :]
+        return prefix + body[:head] + body[len(body) - (budget - head) :]
