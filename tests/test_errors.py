@@ -113,3 +113,19 @@ def test_all_errors_are_value_errors():
         cc.CorruptFileError,
     ):
         assert issubclass(err, cc.CtxCompressError) and issubclass(err, ValueError)
+
+
+@pytest.mark.parametrize(
+    "method,options,match",
+    [
+        ("pic", {"memory_carry": "everything"}, "memory_carry"),
+        ("pic", {"context_visibility": "all"}, "context_visibility"),
+        ("icae", {"output": "logits"}, "output"),
+        ("epl", {"memory_positions": "random"}, "memory_positions"),
+        ("truncation", {"truncation": "middle"}, "truncation"),
+        ("truncation", {"lora_rank": 4}, "no adapter"),
+    ],
+)
+def test_bad_options_of_other_methods(tiny, method, options, match):
+    with pytest.raises(cc.InvalidInputError, match=match):
+        cc.build_compressor(method, tiny, **options)

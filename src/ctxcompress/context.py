@@ -122,28 +122,11 @@ class CompressedContext:
             )
 
     # ------------------------------------------------------------------ conversions
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """A copy with tensors moved/cast (positions stay integer)."""
+    def _map(self, fn) -> CompressedContext:
+        """A copy with ``fn`` applied to every float tensor (positions stay as they are)."""
 
-        def move(t):
-            return None if t is None else t.to(device=device, dtype=dtype)
-
-        return CompressedContext(
-            kind=self.kind,
-            method=self.method,
-            base_model=self.base_model,
-            compressor=self.compressor,
-            original_length=self.original_length,
-            keys=move(self.keys),
-            values=move(self.values),
-            embeds=move(self.embeds),
-            positions=None if self.positions is None else self.positions.to(device),
-            meta=dict(self.meta),
-        )
-
-    def detach(self) -> CompressedContext:
-        def det(t):
-            return None if t is None else t.detach()
+        def apply(t):
+            return None if t is None else fn(t)
 
         return CompressedContext(
             kind=self.kind,
@@ -151,12 +134,19 @@ class CompressedContext:
             base_model=self.base_model,
             compressor=self.compressor,
             original_length=self.original_length,
-            keys=det(self.keys),
-            values=det(self.values),
-            embeds=det(self.embeds),
+            keys=apply(self.keys),
+            values=apply(self.values),
+            embeds=apply(self.embeds),
             positions=self.positions,
             meta=dict(self.meta),
         )
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """A copy with tensors moved/cast (positions stay integer, on the CPU)."""
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
+
+    def detach(self) -> CompressedContext:
+        return self._map(torch.Tensor.detach)
 
     def to_dynamic_cache(
         self, batch_size: int = 1, config: PretrainedConfig | None = None

@@ -53,6 +53,20 @@ def _path(arg: str, prefix: str) -> Path:
     return Path(arg).expanduser()
 
 
+def _load_jsonl(path: str, defaults, make, limit, seed, fields) -> list:
+    """Records of a JSON-lines file built by ``make`` (each error names ``file:line``)."""
+    p = _path(path, "jsonl")
+    names = resolve_fields(fields, defaults)
+    stem = _stem(p)
+    items = [
+        make(
+            rec, names, where=f"{p}:{n}", default_id=f"{stem}:{n}", meta={"path": str(p), "line": n}
+        )
+        for n, rec in iter_jsonl(p)
+    ]
+    return take(items, limit, seed)
+
+
 def load_jsonl_qa(
     path: str,
     *,
@@ -61,20 +75,7 @@ def load_jsonl_qa(
     fields: Mapping[str, str] | None = None,
 ) -> list[QAExample]:
     """QA examples from a JSON-lines file (see the module docstring)."""
-    p = _path(path, "jsonl")
-    names = resolve_fields(fields, QA_FIELDS)
-    stem = _stem(p)
-    items = [
-        qa_from_record(
-            rec,
-            names,
-            where=f"{p}:{n}",
-            default_id=f"{stem}:{n}",
-            meta={"path": str(p), "line": n},
-        )
-        for n, rec in iter_jsonl(p)
-    ]
-    return take(items, limit, seed)
+    return _load_jsonl(path, QA_FIELDS, qa_from_record, limit, seed, fields)
 
 
 def load_jsonl_texts(
@@ -85,20 +86,7 @@ def load_jsonl_texts(
     fields: Mapping[str, str] | None = None,
 ) -> list[TextDocument]:
     """Documents from a JSON-lines file with a ``text`` field (see the module docstring)."""
-    p = _path(path, "jsonl")
-    names = resolve_fields(fields, TEXT_FIELDS)
-    stem = _stem(p)
-    items = [
-        text_from_record(
-            rec,
-            names,
-            where=f"{p}:{n}",
-            default_id=f"{stem}:{n}",
-            meta={"path": str(p), "line": n},
-        )
-        for n, rec in iter_jsonl(p)
-    ]
-    return take(items, limit, seed)
+    return _load_jsonl(path, TEXT_FIELDS, text_from_record, limit, seed, fields)
 
 
 def load_jsonl_summaries(
@@ -109,20 +97,7 @@ def load_jsonl_summaries(
     fields: Mapping[str, str] | None = None,
 ) -> list[SummarizationExample]:
     """Summarisation examples from a JSON-lines file (``document``, ``summary``, ``aspect``)."""
-    p = _path(path, "jsonl")
-    names = resolve_fields(fields, SUMMARY_FIELDS)
-    stem = _stem(p)
-    items = [
-        summary_from_record(
-            rec,
-            names,
-            where=f"{p}:{n}",
-            default_id=f"{stem}:{n}",
-            meta={"path": str(p), "line": n},
-        )
-        for n, rec in iter_jsonl(p)
-    ]
-    return take(items, limit, seed)
+    return _load_jsonl(path, SUMMARY_FIELDS, summary_from_record, limit, seed, fields)
 
 
 TEXT_MODES = ("blocks", "file")

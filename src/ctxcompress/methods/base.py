@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,12 @@ class CompressorConfig:
         need(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
         need(self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1")
         need("{question}" in self.question_template, "question_template must contain '{question}'")
+        # Every Literal-typed option (in any subclass) must be one of its listed values.
+        for name, hint in typing.get_type_hints(type(self)).items():
+            if typing.get_origin(hint) is typing.Literal:
+                allowed = typing.get_args(hint)
+                value = getattr(self, name)
+                need(value in allowed, f"{name}={value!r} is not one of {', '.join(allowed)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

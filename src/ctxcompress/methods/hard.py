@@ -41,11 +41,6 @@ class TruncationConfig(HardConfig):
     truncation: Literal["head", "head_tail"] = "head"
     """Keep the head of the context, or half the budget from the head and half from the tail."""
 
-    def validate(self) -> None:
-        super().validate()
-        if self.truncation not in ("head", "head_tail"):
-            raise InvalidInputError(f"truncation={self.truncation!r} is not one of head, head_tail")
-
 
 class HardBaseline(Compressor):
     """Shared mechanics: the frozen model's KV cache of the kept tokens."""

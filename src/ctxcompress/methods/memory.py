@@ -24,7 +24,6 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..context import CompressedContext
-from ..errors import InvalidInputError
 from ..masks import for_backend, memory_mask
 from ..models import BaseModel
 from ..positions import chunk_spans, memory_offsets, memory_slots
@@ -47,21 +46,6 @@ class MemoryConfig(CompressorConfig):
     """One-pass only: context tokens see all earlier context, or only their own chunk."""
     memory_carry: Literal["own", "all"] = "own"
     """One-pass only: memory sees its own group, or also every earlier group."""
-
-    def validate(self) -> None:
-        super().validate()
-        options = {
-            "output": ("hidden", "kv"),
-            "memory_positions": ("after_chunk", "epl"),
-            "decoder_start": ("after_memory", "L"),
-            "context_visibility": ("causal", "chunk"),
-            "memory_carry": ("own", "all"),
-        }
-        for name, allowed in options.items():
-            if getattr(self, name) not in allowed:
-                raise InvalidInputError(
-                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
-                )
 
 
 @dataclass

@@ -24,7 +24,6 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..context import CompressedContext
-from ..errors import InvalidInputError
 from ..masks import for_backend, padded_chunk_mask
 from ..models import BaseModel
 from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
@@ -41,19 +40,6 @@ class SACConfig(CompressorConfig):
     """Segment centres (default) or the same number of random tokens per chunk (ablation)."""
     encoder_attention: Literal["bidirectional", "causal"] = "bidirectional"
     """Attention inside an encoder chunk; "causal" is the paper's ablation."""
-
-    def validate(self) -> None:
-        super().validate()
-        options = {
-            "anchor_embedding": ("per_slot", "shared", "none"),
-            "anchor_selection": ("uniform", "random"),
-            "encoder_attention": ("bidirectional", "causal"),
-        }
-        for name, allowed in options.items():
-            if getattr(self, name) not in allowed:
-                raise InvalidInputError(
-                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
-                )
 
 
 @dataclass
