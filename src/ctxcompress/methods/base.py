@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import DynamicCache
 
 from .. import __version__
 from ..context import CompressedContext
@@ -460,12 +461,18 @@ class Compressor(nn.Module):
         max_new_tokens: int = 32,
         stop: Sequence[str] | str | None = None,
         batch_size: int = 32,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> str | list[str]:
         """Answer questions greedily against compressed context(s).
 
         ``context`` is one context (every question is asked against it, in batches of
         ``batch_size``) or a list of contexts paired one-to-one with ``questions``. A single
         question string returns a single answer. Answering never modifies the context.
+
+        ``on_token(i, token_id)``, if given, is called for each token generated for question
+        ``i`` (its index in ``questions``) as it is produced, for streaming; see
+        :func:`~ctxcompress.generation.greedy_generate`. The answers are the same with or
+        without it.
         """
         single = isinstance(questions, str)
         qs = [questions] if single else list(questions)
@@ -521,6 +528,7 @@ class Compressor(nn.Module):
                         max_new_tokens=max_new_tokens,
                         eos_token_ids=eos,
                         stop_strings=stops,
+                        on_token=_offset_rows(on_token, start),
                     )
                 ]
         return answers[0] if single else answers
@@ -655,6 +663,42 @@ class Compressor(nn.Module):
             "ctx = comp.compress('a long document ...')\n"
             "comp.generate(ctx, ['a question?'], max_new_tokens=32)\n```\n"
         )
+
+
+def encode_in_length_batches(
+    rows: Sequence[Any], size: int, length: Callable[[Any], int], encode: Callable
+) -> list[Any]:
+    """Run ``encode`` over ``rows`` in batches of at most ``size`` rows of similar length
+    (longest first), so a short last chunk is never padded to a full one; returns one
+    result per row, in the original order. ``encode(batch)`` returns one result per row."""
+    order = sorted(range(len(rows)), key=lambda i: -length(rows[i]))  # stable
+    results: list[Any] = [None] * len(rows)
+    for start in range(0, len(order), size):
+        batch = order[start : start + size]
+        for i, result in zip(batch, encode([rows[i] for i in batch]), strict=True):
+            results[i] = result
+    return results
+
+
+def gather_cache_entries(
+    cache: DynamicCache, rows: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values at ``(rows[i], cols[i])`` of every layer: ``[N, layers, heads, dim]``.
+
+    Gathers layer by layer (a handful of index ops) instead of stacking the whole cache
+    first, which would copy every entry of every layer to keep a few."""
+    keys = torch.stack([layer.keys[rows, :, cols] for layer in cache.layers], dim=1)
+    values = torch.stack([layer.values[rows, :, cols] for layer in cache.layers], dim=1)
+    return keys, values
+
+
+def _offset_rows(
+    on_token: Callable[[int, int], None] | None, start: int
+) -> Callable[[int, int], None] | None:
+    """``on_token`` with a batch's row indices shifted to question indices."""
+    if on_token is None:
+        return None
+    return lambda row, token: on_token(start + row, token)
 
 
 def _adapter_layers(model: nn.Module) -> list[BaseTunerLayer]:

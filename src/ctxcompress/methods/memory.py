@@ -27,7 +27,12 @@ from ..context import CompressedContext
 from ..masks import for_backend, memory_mask
 from ..models import BaseModel
 from ..positions import chunk_spans, memory_offsets, memory_slots
-from .base import Compressor, CompressorConfig
+from .base import (
+    Compressor,
+    CompressorConfig,
+    encode_in_length_batches,
+    gather_cache_entries,
+)
 
 
 @dataclass
@@ -100,37 +105,34 @@ class MemoryTokenCompressor(Compressor):
 
     def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         rows = self._rows(contexts)
-        outputs: list[tuple[torch.Tensor, ...]] = []
-        size = self.config.encoder_batch_size
         with self.encoder_mode():
-            for i in range(0, len(rows), size):
-                outputs.append(self._encode_rows(rows[i : i + size]))
-        parts = [torch.cat(t) for t in zip(*outputs, strict=True)]
-
-        out, cursor = [], 0
+            per_row = encode_in_length_batches(
+                rows, self.config.encoder_batch_size, lambda r: len(r.ids), self._encode_rows
+            )
+        out = []
         for doc, ids in enumerate(contexts):
-            doc_rows = [r for r in rows if r.doc == doc]
+            doc_rows = [i for i, r in enumerate(rows) if r.doc == doc]
             positions = torch.tensor(
                 [
                     p
-                    for r in doc_rows
-                    for p, s in zip(r.positions, r.memory_slot, strict=True)
+                    for i in doc_rows
+                    for p, s in zip(rows[i].positions, rows[i].memory_slot, strict=True)
                     if s >= 0
                 ]
             )
-            n = len(positions)
+            parts = [torch.cat([per_row[i][j] for i in doc_rows]) for j in range(len(per_row[0]))]
             if self.config.output == "kv":
-                keys = parts[0][cursor : cursor + n].permute(1, 2, 0, 3)
-                values = parts[1][cursor : cursor + n].permute(1, 2, 0, 3)
-                tensors = {"keys": keys, "values": values}
+                tensors = {
+                    "keys": parts[0].permute(1, 2, 0, 3),
+                    "values": parts[1].permute(1, 2, 0, 3),
+                }
             else:
-                tensors = {"embeds": parts[0][cursor : cursor + n]}
-            cursor += n
+                tensors = {"embeds": parts[0]}
             out.append(self._new_context(len(ids), positions=positions, **tensors))
         return out
 
-    def _encode_rows(self, rows: list[_Row]) -> tuple[torch.Tensor, ...]:
-        """One encoder pass; returns the memory tokens' outputs in order."""
+    def _encode_rows(self, rows: list[_Row]) -> list[tuple[torch.Tensor, ...]]:
+        """One encoder pass; returns each row's memory outputs (hidden, or K and V)."""
         device, width = self.device, max(len(r.ids) for r in rows)
 
         def pad(values, fill):
@@ -164,8 +166,9 @@ class MemoryTokenCompressor(Compressor):
             use_cache=want_kv,
         )
         rows_idx, cols_idx = is_memory.nonzero(as_tuple=True)  # row-major: document order
-        if not want_kv:
-            return (out.last_hidden_state[rows_idx, cols_idx],)
-        k = torch.stack([layer.keys for layer in cache.layers]).permute(1, 3, 0, 2, 4)
-        v = torch.stack([layer.values for layer in cache.layers]).permute(1, 3, 0, 2, 4)
-        return k[rows_idx, cols_idx], v[rows_idx, cols_idx]
+        if want_kv:
+            outputs = gather_cache_entries(cache, rows_idx, cols_idx)
+        else:
+            outputs = (out.last_hidden_state[rows_idx, cols_idx],)
+        counts = [sum(s >= 0 for s in r.memory_slot) for r in rows]
+        return list(zip(*(t.split(counts) for t in outputs), strict=True))

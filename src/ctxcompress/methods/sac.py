@@ -27,7 +27,12 @@ from ..context import CompressedContext
 from ..masks import for_backend, padded_chunk_mask
 from ..models import BaseModel
 from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
-from .base import Compressor, CompressorConfig
+from .base import (
+    Compressor,
+    CompressorConfig,
+    encode_in_length_batches,
+    gather_cache_entries,
+)
 
 
 @dataclass
@@ -99,30 +104,27 @@ class SACCompressor(Compressor):
     def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         """Compress tokenized contexts (with gradients unless called under no_grad)."""
         chunks = self._plan(contexts)
-        keys, values = [], []  # per mini-batch: [num_anchors, layers, kv_heads, head_dim]
-        size = self.config.encoder_batch_size
         with self.encoder_mode():
-            for i in range(0, len(chunks), size):
-                k, v = self._encode_chunks(chunks[i : i + size])
-                keys.append(k)
-                values.append(v)
-        keys_all, values_all = torch.cat(keys), torch.cat(values)
-
-        out, cursor = [], 0
-        for doc, ids in enumerate(contexts):
-            doc_chunks = [c for c in chunks if c.doc == doc]
-            n = sum(len(c.anchors) for c in doc_chunks)
-            positions = torch.tensor(
-                [c.start + a + self.config.position_start for c in doc_chunks for a in c.anchors]
+            per_chunk = encode_in_length_batches(
+                chunks, self.config.encoder_batch_size, lambda c: len(c.ids), self._encode_chunks
             )
-            k = keys_all[cursor : cursor + n].permute(1, 2, 0, 3)  # [layers, heads, C, dim]
-            v = values_all[cursor : cursor + n].permute(1, 2, 0, 3)
-            cursor += n
+        out = []
+        for doc, ids in enumerate(contexts):
+            doc_chunks = [i for i, c in enumerate(chunks) if c.doc == doc]
+            positions = torch.tensor(
+                [
+                    chunks[i].start + a + self.config.position_start
+                    for i in doc_chunks
+                    for a in chunks[i].anchors
+                ]
+            )
+            k = torch.cat([per_chunk[i][0] for i in doc_chunks]).permute(1, 2, 0, 3)
+            v = torch.cat([per_chunk[i][1] for i in doc_chunks]).permute(1, 2, 0, 3)
             out.append(self._new_context(len(ids), keys=k, values=v, positions=positions))
         return out
 
-    def _encode_chunks(self, chunks: list[_Chunk]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One encoder pass over a batch of chunks; returns the anchors' K and V, in order."""
+    def _encode_chunks(self, chunks: list[_Chunk]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One encoder pass over a batch of chunks; returns each chunk's anchor K and V."""
         device, width = self.device, max(len(c.ids) for c in chunks)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(chunks), width), pad, dtype=torch.long)
@@ -151,7 +153,6 @@ class SACCompressor(Compressor):
             past_key_values=cache,
             use_cache=True,
         )
-        # [layers, B, heads, T, dim] -> [B, T, layers, heads, dim]; then [N, layers, heads, dim]
-        k = torch.stack([layer.keys for layer in cache.layers]).permute(1, 3, 0, 2, 4)
-        v = torch.stack([layer.values for layer in cache.layers]).permute(1, 3, 0, 2, 4)
-        return k[rows, cols], v[rows, cols]
+        keys, values = gather_cache_entries(cache, rows, cols)  # [N, layers, heads, dim]
+        counts = [len(c.anchors) for c in chunks]
+        return list(zip(keys.split(counts), values.split(counts), strict=True))
