@@ -591,6 +591,50 @@ def report(
 
 @app.command()
 @user_errors
+def bench(
+    base_model: Annotated[
+        str, typer.Option("--base-model", help="'tiny', 'embedded' (SmolLM2-135M), a folder or id.")
+    ] = "tiny",
+    method: Annotated[str, typer.Option(help="Method to measure.")] = "sac",
+    lengths: Annotated[str, typer.Option(help="Context lengths L, comma-separated.")] = (
+        "512,2048,8192"
+    ),
+    ratios: Annotated[str, typer.Option(help="Compression ratios, comma-separated.")] = "4,16",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median).")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(min=2)] = 16,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write JSON here (and a .md table beside).")
+    ] = None,
+) -> None:
+    """Speed and memory: compression vs prefill, answer latency vs the physical limit (a plain
+    prompt of the compressed length) and vs the full context, KV bytes, batched questions.
+
+    Every ratio in the table is measured within this one run; see docs/benchmarks.md.
+    """
+    import json as json_lib
+
+    from .bench import BenchSettings, markdown_report, run_speed_benchmark
+
+    settings = BenchSettings(
+        base_model=base_model,
+        method=resolve_method(method),
+        lengths=tuple(int(x) for x in lengths.split(",")),
+        ratios=tuple(int(x) for x in ratios.split(",")),
+        repeats=repeats,
+        max_new_tokens=max_new_tokens,
+    )
+    result = run_speed_benchmark(settings, progress=lambda m: err_console.print(m))
+    table = markdown_report(result)
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json_lib.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")
+        console.print(f"written: {out}")
+
+
+@app.command()
+@user_errors
 def train(
     config: Annotated[
         Path, typer.Option("--config", "-c", help="YAML training config (see configs/).")
