@@ -93,3 +93,20 @@ def test_question_positions_continue_from_L(sac):
         range(ctx.original_length, ctx.original_length + len(prompt.positions))
     )
     assert prompt.embeds.shape[0] == 1 + len(sac.question_ids("Who?"))
+
+
+def test_one_context_many_questions_shares_one_prefix(sac, monkeypatch):
+    """Many questions against one context expand a single KV prefix (no copy per row)."""
+    from ctxcompress import generation
+
+    seen = []
+    real = generation._stack_prefixes
+
+    def spy(model, prompts, device):
+        seen.append(len({id(p.prefix) for p in prompts}))
+        return real(model, prompts, device)
+
+    monkeypatch.setattr(generation, "_stack_prefixes", spy)
+    ctx = sac.compress(TEXT * 3)
+    sac.generate(ctx, QUESTIONS, max_new_tokens=2)
+    assert seen == [1]

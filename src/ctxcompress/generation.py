@@ -15,7 +15,7 @@ question at C instead of L).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,11 +110,17 @@ def greedy_generate(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     stop_strings: Sequence[str] = (),
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
     """Greedy decoding for a batch of decoder rows; returns one :class:`Generation` per row.
 
     A row stops at any of ``eos_token_ids`` (not included in the answer), at the first of
     ``stop_strings`` (cut before it), or after ``max_new_tokens`` tokens.
+
+    ``on_token(row, token_id)``, if given, is called as each token is appended to a row's
+    answer (in the order of generation; EOS is never reported). It sees every token of
+    ``Generation.token_ids``; the final text may still drop a stop string and the whitespace
+    at either end. It does not change what is generated.
     """
     batch = build_decoder_batch(model, prompts)
     embed = model.get_input_embeddings()
@@ -147,6 +153,8 @@ def greedy_generate(
                 finished[row], reasons[row] = True, "eos"
                 continue
             generated[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
             if stop_strings:
                 text = tokenizer.decode(generated[row], skip_special_tokens=True)
                 if _first_stop(text, stop_strings) is not None:

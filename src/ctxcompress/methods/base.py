@@ -509,10 +509,13 @@ class Compressor(nn.Module):
                 )
         eos = self._eos_ids()
         answers: list[str] = []
+        # Move each distinct context once: rows that share a context object then share one
+        # expanded KV prefix instead of a stacked copy per row.
+        moved = {id(c): c.to(self.device, self.dtype) for c in contexts}
         with torch.inference_mode(), self.decoder_mode():
             for start in range(0, len(qs), batch_size):
                 rows = [
-                    self.decoder_prompt(c.to(self.device, self.dtype), ids)
+                    self.decoder_prompt(moved[id(c)], ids)
                     for c, ids in zip(
                         contexts[start : start + batch_size],
                         prompt_ids[start : start + batch_size],
