@@ -1,0 +1,203 @@
+"""Speed and memory of compressed contexts, against the right baselines in the same run.
+
+For each context length L and ratio r (one method, default SAC) it measures, as medians of
+``repeats`` runs after ``warmup`` runs:
+
+- **compression**: compressing L tokens vs a plain prefill of the same L tokens (the frozen
+  model's KV cache of the full context, no LM head), as a time ratio and tokens/s;
+- **answering**: time to first token and decode tokens/s against the compressed context, vs
+  the full context, vs a plain prompt of the compressed length (the frozen model's KV of the
+  first C tokens: the physical limit of answering from C entries), same decoding loop;
+- **KV bytes** of the compressed context vs the full one, and vs (C / L) x full;
+- **many questions**: 16 questions against one context in one batched call vs 16 calls.
+
+Decoding is forced to ``max_new_tokens`` tokens (EOS ignored) so every system decodes the
+same number of tokens. Numbers from one run are comparable; across runs they are not.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+import ctxcompress as cc
+
+from ..context import CompressedContext
+from ..generation import greedy_generate
+from ..methods.base import Compressor
+from ..models import BaseModel
+
+QUESTION = "What is the main finding reported in this document?"
+
+
+@dataclass
+class BenchSettings:
+    base_model: str = "tiny"
+    method: str = "sac"
+    lengths: Sequence[int] = (512, 2048, 8192)
+    ratios: Sequence[int] = (4, 16)
+    repeats: int = 5
+    warmup: int = 1
+    max_new_tokens: int = 16
+    questions: int = 16
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def document_ids(base: BaseModel, length: int) -> list[int]:
+    """``length`` token ids of real text (ACLSum full texts when installed, else a fixed
+    paragraph repeated), starting like every tokenized context (BOS + prefix)."""
+    try:
+        from ..data import load_texts
+
+        text = "\n\n".join(d.text for d in load_texts("aclsum:train", limit=20))
+    except Exception:  # any offline source will do for timing
+        text = (
+            "Context compression turns a long document into a short learned "
+            "representation that a frozen language model reads instead. "
+        ) * 400
+    ids = base.tokenizer(text, add_special_tokens=False).input_ids
+    while len(ids) < length:
+        ids = ids + ids
+    return ids[:length]
+
+
+def _decode(comp: Compressor, ctx: CompressedContext, n_questions: int, max_new_tokens: int):
+    rows = [comp.decoder_prompt(ctx, comp.question_ids(QUESTION))] * n_questions
+    with torch.inference_mode(), comp.decoder_mode():
+        greedy_generate(
+            comp.lm, comp.tokenizer, rows, max_new_tokens=max_new_tokens, eos_token_ids=[]
+        )
+
+
+def _answer_timings(comp: Compressor, ctx: CompressedContext, s: BenchSettings) -> dict:
+    first = median_seconds(lambda: _decode(comp, ctx, 1, 1), s.repeats, s.warmup)
+    full = median_seconds(lambda: _decode(comp, ctx, 1, s.max_new_tokens), s.repeats, s.warmup)
+    return {
+        "ttft_s": first,
+        "answer_s": full,
+        "decode_tokens_per_s": (s.max_new_tokens - 1) / max(full - first, 1e-9),
+    }
+
+
+def bench_one(
+    base: BaseModel, comp: Compressor, plain: Compressor, length: int, s: BenchSettings
+) -> dict[str, Any]:
+    """All measurements for one (L, r)."""
+    ids = document_ids(base, length)
+    with torch.inference_mode():
+        compress_s = median_seconds(lambda: comp.compress_ids([ids]), s.repeats, s.warmup)
+        prefill_s = median_seconds(lambda: plain.compress_ids([ids]), s.repeats, s.warmup)
+        (ctx,) = comp.compress_ids([ids])
+        (full,) = plain.compress_ids([ids])
+        (limit,) = plain.compress_ids([ids[: ctx.compressed_length]])
+    c = ctx.compressed_length
+    answer = _answer_timings(comp, ctx, s)
+    answer_full = _answer_timings(plain, full, s)
+    answer_limit = _answer_timings(plain, limit, s)
+    batched = median_seconds(
+        lambda: _decode(comp, ctx, s.questions, s.max_new_tokens), s.repeats, s.warmup
+    )
+    sequential = s.questions * answer["answer_s"]
+    expected_bytes = c / length * full.num_bytes
+    return {
+        "L": length,
+        "ratio": comp.config.ratio,
+        "C": c,
+        "compress_s": compress_s,
+        "prefill_s": prefill_s,
+        "compress_vs_prefill": compress_s / prefill_s,
+        "compress_tokens_per_s": length / compress_s,
+        "prefill_tokens_per_s": length / prefill_s,
+        "answer": answer,
+        "answer_full_context": answer_full,
+        "answer_plain_prompt_of_C": answer_limit,
+        "answer_vs_plain_prompt_of_C": answer["answer_s"] / answer_limit["answer_s"],
+        "answer_vs_full_context": answer["answer_s"] / answer_full["answer_s"],
+        "kv_bytes": ctx.num_bytes,
+        "kv_bytes_full": full.num_bytes,
+        "kv_bytes_vs_expected": ctx.num_bytes / expected_bytes,
+        "questions": s.questions,
+        "batched_s": batched,
+        "sequential_s": sequential,
+        "batched_speedup": sequential / batched,
+    }
+
+
+def run_speed_benchmark(
+    s: BenchSettings, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the grid; returns a JSON-able dict with settings, machine and rows."""
+    rows = []
+    for ratio in s.ratios:
+        base = cc.load_base_model(s.base_model)
+        comp = cc.build_compressor(s.method, base, ratio=ratio, **s.method_options)
+        plain = cc.build_compressor(
+            "full_context",
+            base,
+            context_prefix="",
+            add_bos=False,
+            position_start=comp.config.position_start,
+        )
+        limit = getattr(base.model.config, "max_position_embeddings", 10**9)
+        for length in s.lengths:
+            if length + s.max_new_tokens + 64 > limit:
+                if progress:
+                    progress(f"skip L={length}: the model has {limit} positions")
+                continue
+            row = bench_one(base, comp, plain, length, s)
+            rows.append(row)
+            if progress:
+                progress(
+                    f"L={length} r={ratio}: compress/prefill "
+                    f"{row['compress_vs_prefill']:.2f}, answer/limit "
+                    f"{row['answer_vs_plain_prompt_of_C']:.2f}, batched x"
+                    f"{row['batched_speedup']:.1f}"
+                )
+    return {
+        "settings": asdict(s) | {"lengths": list(s.lengths), "ratios": list(s.ratios)},
+        "machine": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+            "platform": platform.platform(),
+        },
+        "rows": rows,
+    }
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    """The targets of the speed issue, one row per (L, r)."""
+    head = (
+        "| L | r | C | compress / prefill | answer / plain prompt of C | answer / full "
+        "context | TTFT ms (C / full) | decode tok/s | KV bytes / expected | 16 q batched "
+        "speed-up |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['L']} | {r['ratio']} | {r['C']} | {r['compress_vs_prefill']:.2f} | "
+            f"{r['answer_vs_plain_prompt_of_C']:.2f} | {r['answer_vs_full_context']:.2f} | "
+            f"{1000 * r['answer']['ttft_s']:.0f} / "
+            f"{1000 * r['answer_full_context']['ttft_s']:.0f} | "
+            f"{r['answer']['decode_tokens_per_s']:.0f} | {r['kv_bytes_vs_expected']:.3f} | "
+            f"{r['batched_speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
