@@ -193,6 +193,23 @@ def test_resume_after_a_crash_equals_one_run(qa_file, tmp_path):
     assert names == ["step-000004", "step-000008"]
 
 
+def test_resume_refuses_a_changed_configuration(qa_file, tmp_path):
+    Trainer(config("sac", qa_file, tmp_path / "r", steps=4)).run()
+    # A longer run with other bookkeeping resumes the same run...
+    longer = Trainer(config("sac", qa_file, tmp_path / "r", steps=6, save_every=2, log_every=3))
+    assert longer.step == 4
+    # ...but other data, optimiser or method settings would silently mix two runs.
+    other_lr = config("sac", qa_file, tmp_path / "r", steps=6, lr=5e-3)
+    with pytest.raises(
+        cc.InvalidInputError, match=r"different configuration \(train.lr: 0.01 -> 0.005"
+    ):
+        Trainer(other_lr)
+    other_ratio = config("sac", qa_file, tmp_path / "r", steps=6)
+    other_ratio.method_options["ratio"] = 4
+    with pytest.raises(cc.InvalidInputError, match="method_options.ratio: 2 -> 4"):
+        Trainer(other_ratio)
+
+
 def test_accumulation_equals_one_big_micro_batch(qa_file, tmp_path):
     big = Trainer(config("sac", qa_file, tmp_path / "a", micro_batch_size=4, steps=3))
     big.run()

@@ -195,6 +195,7 @@ class Trainer:
         path = Path(cfg.resume) if cfg.resume != "auto" else (found[-1] if found else None)
         if path is None:
             return
+        self._check_same_run(path)
         state, optimizer_state = ckpt.load_state(path)
         self.compressor._load_weights(path / "compressor")
         self.optimizer.load_state_dict(optimizer_state)
@@ -206,6 +207,33 @@ class Trainer:
         ckpt.restore_python_rng(state["python_rng"])
         self.step = int(state["step"])
         self._log(f"resumed from {path} at step {self.step}")
+
+    # Settings that may change between a run and its resumption: the length of the run and
+    # its bookkeeping. Anything else (method, data, optimiser, ...) would silently mix two runs.
+    RESUMABLE_CHANGES = frozenset(
+        {"output_dir", "resume", "train.steps", "train.save_every", "train.log_every"}
+        | {"train.keep_checkpoints"}
+    )
+
+    def _check_same_run(self, checkpoint: Path) -> None:
+        """Refuse to resume a checkpoint written under a different configuration."""
+        saved_file = self.output_dir / "config.yaml"
+        if not saved_file.is_file():
+            return
+        saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
+        current = _flatten(yaml.safe_load(yaml.safe_dump(self.config.to_dict())))  # as saved
+        changed = sorted(
+            key
+            for key in saved.keys() | current.keys()
+            if key not in self.RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+        )
+        if changed:
+            details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise InvalidInputError(
+                f"cannot resume {checkpoint}: it was trained with a different configuration "
+                f"({details}). Use another output_dir for the new settings, or resume: never "
+                "after removing the old checkpoints"
+            )
 
     def _log(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -351,6 +379,17 @@ class Trainer:
             ckpt.prune(self.output_dir, self.loop.keep_checkpoints)
         acc.wait_for_everyone()
         return target
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; lists stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
