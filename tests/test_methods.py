@@ -219,3 +219,59 @@ def test_truncation_keeps_exactly_the_budget(mode, r):
     with torch.no_grad():
         ref = comp.lm(input_ids=torch.tensor([kept]), use_cache=True).past_key_values
     torch.testing.assert_close(ctx.keys[0], ref.layers[0].keys[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", TRAINABLE_METHODS)
+def test_merged_encoder_gives_the_lora_result(method):
+    comp = build(method, ratio=4)
+    texts = [TEXT * 9, TEXT * 2]
+    question = "Who wrote the report?"
+    weights = {n: p.clone() for n, p in comp.lm.named_parameters()}
+    lora = comp.compress(texts)
+    comp.merge_encoder(True)
+    merged = comp.compress(texts)
+    for a, b in zip(lora, merged, strict=True):
+        for x, y in zip(tensors(a), tensors(b), strict=True):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    # The decoder still reads the frozen base: every weight is back, unchanged.
+    after = dict(comp.lm.named_parameters())
+    assert set(after) == set(weights)
+    for name, value in weights.items():
+        assert torch.equal(after[name], value), name
+    assert comp.generate(merged[0], question, max_new_tokens=5) == comp.generate(
+        lora[0], question, max_new_tokens=5
+    )
+    # A training update invalidates the merged copies.
+    with torch.no_grad():
+        for p in comp.trainable_parameters().values():
+            p.mul_(1.5)
+    updated = comp.compress(texts[0])
+    comp.merge_encoder(False)
+    for x, y in zip(tensors(updated), tensors(comp.compress(texts[0])), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    # Training (grad enabled) always runs the LoRA path, so gradients reach the adapters.
+    comp.merge_encoder(True)
+    comp.train()
+    loss, _ = comp([comp.context_ids(TEXT)], [comp.question_ids(question)], [[5, 6]])
+    loss.backward()
+    grads = [p.grad for n, p in comp.trainable_parameters().items() if "lora_A" in n]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_length_batches_do_not_pad_a_short_remainder_to_a_full_chunk():
+    from ctxcompress.methods.base import encode_in_length_batches
+
+    seen = []
+
+    def encode(batch):
+        seen.append(sorted(batch))
+        return [n * 10 for n in batch]
+
+    lengths = [510, 2, 300, 290, 510, 280]
+    out = encode_in_length_batches(lengths, 8, lambda n: n, encode)
+    assert out == [n * 10 for n in lengths]  # results in the original order
+    assert seen == [[510, 510], [280, 290, 300], [2]]  # 300 would be padded by 70 %
+    # The batch-size cap still holds for equal lengths.
+    seen.clear()
+    encode_in_length_batches([7] * 5, 2, lambda n: n, encode)
+    assert seen == [[7, 7], [7, 7], [7]]

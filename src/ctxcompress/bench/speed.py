@@ -4,7 +4,9 @@ For each context length L and ratio r (one method, default SAC) it measures, as 
 ``repeats`` runs after ``warmup`` runs:
 
 - **compression**: compressing L tokens vs a plain prefill of the same L tokens (the frozen
-  model's KV cache of the full context, no LM head), as a time ratio and tokens/s;
+  model's KV cache of the full context, no LM head), as a time ratio and tokens/s; for a
+  method with LoRA also with the merged-LoRA encoder (:meth:`Compressor.merge_encoder`) and
+  the memory its weight copies take;
 - **answering**: time to first token and decode tokens/s against the compressed context, vs
   the full context, vs a plain prompt of the compressed length (the frozen model's KV of the
   first C tokens: the physical limit of answering from C entries), same decoding loop;
@@ -105,6 +107,11 @@ def bench_one(
     with torch.inference_mode():
         compress_s = median_seconds(lambda: comp.compress_ids([ids]), s.repeats, s.warmup)
         prefill_s = median_seconds(lambda: plain.compress_ids([ids]), s.repeats, s.warmup)
+        merged_s = None
+        if comp.merged_encoder_bytes:
+            comp.merge_encoder(True)
+            merged_s = median_seconds(lambda: comp.compress_ids([ids]), s.repeats, s.warmup)
+            comp.merge_encoder(False)
         (ctx,) = comp.compress_ids([ids])
         (full,) = plain.compress_ids([ids])
         (limit,) = plain.compress_ids([ids[: ctx.compressed_length]])
@@ -124,6 +131,9 @@ def bench_one(
         "compress_s": compress_s,
         "prefill_s": prefill_s,
         "compress_vs_prefill": compress_s / prefill_s,
+        "compress_merged_s": merged_s,
+        "compress_merged_vs_prefill": merged_s / prefill_s if merged_s else None,
+        "merged_extra_bytes": comp.merged_encoder_bytes,
         "compress_tokens_per_s": length / compress_s,
         "prefill_tokens_per_s": length / prefill_s,
         "answer": answer,
@@ -186,14 +196,16 @@ def run_speed_benchmark(
 def markdown_report(result: dict[str, Any]) -> str:
     """The targets of the speed issue, one row per (L, r)."""
     head = (
-        "| L | r | C | compress / prefill | answer / plain prompt of C | answer / full "
-        "context | TTFT ms (C / full) | decode tok/s | KV bytes / expected | 16 q batched "
-        "speed-up |"
+        "| L | r | C | compress / prefill | same, merged LoRA | answer / plain prompt of C | "
+        "answer / full context | TTFT ms (C / full) | decode tok/s | KV bytes / expected | "
+        "16 q batched speed-up |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in result["rows"]:
+        merged = r.get("compress_merged_vs_prefill")
         lines.append(
             f"| {r['L']} | {r['ratio']} | {r['C']} | {r['compress_vs_prefill']:.2f} | "
+            f"{'-' if merged is None else f'{merged:.2f}'} | "
             f"{r['answer_vs_plain_prompt_of_C']:.2f} | {r['answer_vs_full_context']:.2f} | "
             f"{1000 * r['answer']['ttft_s']:.0f} / "
             f"{1000 * r['answer_full_context']['ttft_s']:.0f} | "

@@ -168,6 +168,8 @@ class Compressor(nn.Module):
         use_ae = self.uses_lm_token and config.autoencoding
         self.ae_embedding = nn.Parameter(self._normal(hidden)) if use_ae else None
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
+        self._merge_encoder = False
+        self._merged_cache: tuple[tuple[int, ...], list[nn.Parameter]] | None = None
         self.eval()
 
     # ------------------------------------------------------------------ basics
@@ -199,11 +201,62 @@ class Compressor(nn.Module):
     def encoder_mode(self) -> Iterator[None]:
         """Run the encoder: this compressor's adapter on (a compressor without an adapter of
         its own runs the frozen base, even if the model object carries another's adapter)."""
-        if isinstance(self.model, PeftModel):
-            yield
-        else:
+        if not isinstance(self.model, PeftModel):
             with adapters_disabled(self.lm):
                 yield
+        elif self._merge_encoder and not torch.is_grad_enabled() and not self.training:
+            with self._merged_weights_in_place():
+                yield
+        else:
+            yield
+
+    def merge_encoder(self, enabled: bool = True) -> None:
+        """Inference option: run the encoder with the LoRA update folded into copies of the
+        adapted weights (``W + s·BA``) instead of LoRA's extra low-rank matmuls per layer.
+
+        Faster encoding for one extra copy of every adapted weight matrix in memory (SmolLM2-135M
+        with q/v adapters: 13.3 M values, 53 MB in float32). Used only under ``no_grad`` /
+        ``inference_mode`` in eval mode; training always runs the LoRA path. The copies are
+        rebuilt when a trainable tensor changes. Same result up to rounding in the model dtype.
+        """
+        self._merge_encoder = bool(enabled)
+        if not enabled:
+            self._merged_cache = None
+
+    @property
+    def merged_encoder_bytes(self) -> int:
+        """Memory the merged-LoRA encoder's weight copies take (0 without an adapter)."""
+        if not isinstance(self.model, PeftModel):
+            return 0
+        weights = [layer.get_base_layer().weight for layer in _adapter_layers(self.lm)]
+        return sum(w.numel() * w.element_size() for w in weights)
+
+    def _merged_weights(self, layers: list[BaseTunerLayer]) -> list[nn.Parameter]:
+        versions = tuple(p._version for p in self.trainable_parameters().values())
+        if self._merged_cache is None or self._merged_cache[0] != versions:
+            merged = []
+            with torch.no_grad():
+                for layer in layers:
+                    weight = layer.get_base_layer().weight
+                    delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters)
+                    merged.append(nn.Parameter((weight + delta).to(weight.dtype), False))
+            self._merged_cache = (versions, merged)
+        return self._merged_cache[1]
+
+    @contextlib.contextmanager
+    def _merged_weights_in_place(self) -> Iterator[None]:
+        """Swap the merged copies in for the adapted base weights (adapters off); restore."""
+        layers = _adapter_layers(self.lm)
+        merged = self._merged_weights(layers)
+        originals = [layer.get_base_layer().weight for layer in layers]
+        with adapters_disabled(self.lm):
+            try:
+                for layer, weight in zip(layers, merged, strict=True):
+                    layer.get_base_layer()._parameters["weight"] = weight
+                yield
+            finally:
+                for layer, weight in zip(layers, originals, strict=True):
+                    layer.get_base_layer()._parameters["weight"] = weight
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters training updates (LoRA weights and learned embeddings), by name."""
@@ -669,15 +722,31 @@ class Compressor(nn.Module):
 
 
 def encode_in_length_batches(
-    rows: Sequence[Any], size: int, length: Callable[[Any], int], encode: Callable
+    rows: Sequence[Any],
+    size: int,
+    length: Callable[[Any], int],
+    encode: Callable,
+    max_padding: float = 0.25,
 ) -> list[Any]:
-    """Run ``encode`` over ``rows`` in batches of at most ``size`` rows of similar length
-    (longest first), so a short last chunk is never padded to a full one; returns one
-    result per row, in the original order. ``encode(batch)`` returns one result per row."""
+    """Run ``encode`` over ``rows`` in batches of at most ``size`` rows of similar length;
+    returns one result per row, in the original order. ``encode(batch)`` returns one result
+    per row.
+
+    Rows go longest first; a row joins the current batch only if it would be padded by at
+    most ``max_padding`` of its own length (a 2-token remainder chunk batched with a 510-token
+    chunk would otherwise be padded to 510 and double the encoder's work).
+    """
     order = sorted(range(len(rows)), key=lambda i: -length(rows[i]))  # stable
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < size:
+            width = length(rows[batches[-1][0]])  # the longest row of the batch
+            if width <= (1 + max_padding) * length(rows[i]):
+                batches[-1].append(i)
+                continue
+        batches.append([i])
     results: list[Any] = [None] * len(rows)
-    for start in range(0, len(order), size):
-        batch = order[start : start + size]
+    for batch in batches:
         for i, result in zip(batch, encode([rows[i] for i in batch]), strict=True):
             results[i] = result
     return results
