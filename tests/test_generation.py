@@ -110,3 +110,41 @@ def test_one_context_many_questions_shares_one_prefix(sac, monkeypatch):
     ctx = sac.compress(TEXT * 3)
     sac.generate(ctx, QUESTIONS, max_new_tokens=2)
     assert seen == [1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_reserved_cache_decodes_exactly_like_a_dynamic_cache(arch):
+    from transformers import DynamicCache
+
+    from ctxcompress.generation import ReservedLayer, reserve_cache
+
+    base = tiny_model(arch)
+    model = base.model
+    prompt = torch.randint(5, 100, (3, 7))
+    steps = torch.randint(5, 100, (3, 6))
+
+    def run(cache):
+        outs = [model(input_ids=prompt, past_key_values=cache, use_cache=True).logits]
+        for t in range(steps.shape[1]):
+            outs.append(
+                model(input_ids=steps[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+            )
+        return outs, cache
+
+    with torch.inference_mode():
+        expected, _ = run(DynamicCache(config=model.config))
+        # Capacity 9 < 7 + 6: the reservation must grow once, transparently.
+        got, cache = run(reserve_cache(None, model, capacity=9))
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b)
+    layer = cache.layers[0]
+    assert isinstance(layer, ReservedLayer) and cache.get_seq_length() == 13
+    # Decoding steps write in place: the returned keys are views of one buffer.
+    assert layer.keys.data_ptr() == layer._buffers[0].data_ptr()
+    # A cache with a prefix keeps it.
+    with torch.inference_mode():
+        prefilled = DynamicCache(config=model.config)
+        model(input_ids=prompt, past_key_values=prefilled, use_cache=True)
+        keys = prefilled.layers[1].keys.clone()
+        reserved = reserve_cache(prefilled, model, capacity=20)
+    torch.testing.assert_close(reserved.layers[1].keys, keys)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from .context import CompressedContext
 
@@ -102,6 +103,69 @@ def _stack_prefixes(model, prompts, device):
     return cache, mask
 
 
+class ReservedLayer(DynamicLayer):
+    """A :class:`~transformers.cache_utils.DynamicLayer` that writes new keys/values into a
+    buffer reserved for ``capacity`` tokens and returns views of its filled part.
+
+    ``DynamicLayer`` concatenates at every step, copying the whole cache each time: 73 % of
+    the time of 16 questions decoded in one batch against a 514-entry SAC context on CPU went
+    into those copies. Grows (once, by copying) if a write would pass the reservation.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        filled = self.get_seq_length()
+        needed = filled + key_states.shape[-2]
+        if not self._holds_own_views() or needed > self._buffers[0].shape[-2]:
+            self._reserve(key_states, value_states, filled, max(self.capacity, needed))
+        keys, values = self._buffers
+        keys[..., filled:needed, :] = key_states
+        values[..., filled:needed, :] = value_states
+        self.keys, self.values = keys[..., :needed, :], values[..., :needed, :]
+        self.is_initialized = True
+        return self.keys, self.values
+
+    def _holds_own_views(self) -> bool:
+        """False before the first write or after HF replaced ``keys`` (reorder, select)."""
+        return (
+            self._buffers is not None
+            and self.keys is not None
+            and self.keys.data_ptr() == self._buffers[0].data_ptr()
+            and self.keys.shape[:2] == self._buffers[0].shape[:2]
+        )
+
+    def _reserve(self, key_states, value_states, filled: int, capacity: int) -> None:
+        batch, heads, _, dim = key_states.shape
+        keys = key_states.new_empty(batch, heads, capacity, dim)
+        values = value_states.new_empty(batch, value_states.shape[1], capacity, dim)
+        if filled:
+            keys[..., :filled, :] = self.keys
+            values[..., :filled, :] = self.values
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self._buffers = (keys, values)
+
+
+def reserve_cache(
+    cache: DynamicCache | None, model: PreTrainedModel, capacity: int
+) -> DynamicCache:
+    """``cache`` (or a new empty one) with every full-attention layer a :class:`ReservedLayer`
+    holding ``capacity`` tokens; other layer kinds (sliding windows) stay as they are."""
+    cache = cache if cache is not None else DynamicCache(config=model.config)
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer:
+            reserved = ReservedLayer(capacity)
+            if layer.get_seq_length() > 0:
+                reserved.update(layer.keys, layer.values)
+            cache.layers[index] = reserved
+    return cache
+
+
 def greedy_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -130,11 +194,13 @@ def greedy_generate(
     finished = [False] * rows
     reasons = ["length"] * rows
 
+    prefix_length = batch.attention_mask.shape[1] - batch.inputs_embeds.shape[1]
+    capacity = prefix_length + batch.inputs_embeds.shape[1] + max_new_tokens
     out = model(
         inputs_embeds=batch.inputs_embeds,
         position_ids=batch.position_ids,
         attention_mask=batch.attention_mask,
-        past_key_values=batch.cache,
+        past_key_values=reserve_cache(batch.cache, model, capacity),
         use_cache=True,
         logits_to_keep=1,
     )
