@@ -118,7 +118,7 @@ def test_contexts_of_other_methods_are_refused(method):
         comp.generate(foreign, "Who?")
 
 
-@pytest.mark.parametrize("method", [m for m in ALL if m != "full_context"])
+@pytest.mark.parametrize("method", [m for m in ALL if m not in ("full_context", "prompt_tuned")])
 @pytest.mark.parametrize("r", [1, 2, 5, 15, 51])
 @pytest.mark.parametrize("length", [1, 3, 40, 510, 511, 1100])
 def test_compressed_lengths_are_exact(method, r, length):
@@ -169,7 +169,7 @@ def test_trainable_methods_expose_training_hooks(method):
     reached = [n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0]
     assert "lm_embedding" in reached
     assert any("lora_" in n for n in reached)
-    assert any(n in ("anchor_embedding", "memory_embedding") for n in reached)
+    assert any(n in ("anchor_embedding", "memory_embedding", "prompt_embedding") for n in reached)
     for name, p in comp.named_parameters():
         if name not in trainable:
             assert p.grad is None, name
@@ -275,3 +275,15 @@ def test_length_batches_do_not_pad_a_short_remainder_to_a_full_chunk():
     seen.clear()
     encode_in_length_batches([7] * 5, 2, lambda n: n, encode)
     assert seen == [[7, 7], [7, 7], [7]]
+
+
+@pytest.mark.parametrize("method", ["truncation", "prompt_tuned"])
+@pytest.mark.parametrize("length", [3, 40, 600])
+def test_truncation_with_the_prefix_in_its_budget_keeps_as_many_entries_as_sac(method, length):
+    options = {"context": "truncation"} if method == "prompt_tuned" else {}
+    comp = build(method, ratio=4, prefix_in_budget=True, **options)
+    ids = comp.prefix_ids() + [(7 * i) % 300 + 3 for i in range(length)]
+    (ctx,) = comp.compress_ids([ids])
+    expected = max(len(comp.prefix_ids()), sac_compressed_length(len(ids), 4, 510))
+    assert ctx.compressed_length == expected == comp.compressed_length(len(ids))
+    assert comp.keep(ids) == ids[:expected]

@@ -104,6 +104,49 @@ def test_continuation_splits_in_half_and_filters_by_length():
     assert continuation_example(comp, text, min_tokens=1, max_tokens=len(ids) - 1) is None
 
 
+def test_long_documents_become_windows_instead_of_being_dropped(tmp_path):
+    from ctxcompress.training.trainer import build_examples
+
+    comp = make_sac(tiny_model(), ratio=2)
+    words = " ".join(f"w{i}" for i in range(400))
+    ids = comp.tokenizer(words, add_special_tokens=False).input_ids
+    doc = tmp_path / "doc.txt"
+    doc.write_text(words)
+
+    def build(windows, objective):
+        cfg = parse_config(
+            {
+                "method": "sac",
+                "base_model": "tiny",
+                "data": [{"source": f"text:{doc}", "objective": objective}],
+                "train": {
+                    "continuation_min_tokens": 20,
+                    "continuation_max_tokens": 100,
+                    "document_windows": windows,
+                },
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+        return build_examples(comp, cfg.data[0], cfg)
+
+    with pytest.raises(cc.InvalidInputError, match="dropped by the length filters"):
+        build(False, "continuation")  # one document of len(ids) > 100 tokens
+    got = build(True, "continuation")
+    windows = [ids[i : i + 100] for i in range(0, len(ids), 100)]
+    kept = [w for w in windows if len(w) >= 20]
+    assert len(got.examples) == len(kept) and got.dropped == len(windows) - len(kept)
+    head = len(comp.prefix_ids())
+    for ex, w in zip(got.examples, kept, strict=True):
+        assert list(ex.context_ids[head:]) == w[: len(w) // 2]
+        assert list(ex.target_ids) == w[len(w) // 2 :] + [comp.tokenizer.eos_token_id]
+    ae = build(True, "autoencoding")
+    assert [list(e.target_ids[:-1]) for e in ae.examples] == windows
+    assert all(
+        e.task == "ae" and len(e.context_ids) == head + len(w)
+        for e, w in zip(ae.examples, windows, strict=True)
+    )
+
+
 def test_autoencoding_reconstructs_the_context():
     comp = make_sac(tiny_model(), ratio=2, autoencoding=True)
     tok = comp.tokenizer
@@ -118,12 +161,19 @@ def test_autoencoding_reconstructs_the_context():
         no_ae.forward([ex.context_ids], [ex.prompt_ids], [ex.target_ids], [ex.task])
 
 
-@pytest.mark.parametrize("method", ["sac", "icae", "full_context"])
+OPENER = {"sac": 1, "icae": 1, "full_context": 0, "prompt_tuned": 4}  # learned vectors
+
+
+@pytest.mark.parametrize("method", list(OPENER))
 def test_forward_loss_is_exactly_the_labelled_cross_entropy(method):
     """The loss only covers the labelled positions, with the documented alignment."""
-    comp = cc.build_compressor(
-        method, tiny_model(), ratio=2, **({"lora_rank": 4} if method != "full_context" else {})
-    )
+    options = {
+        "sac": {"lora_rank": 4},
+        "icae": {"lora_rank": 4},
+        "full_context": {},
+        "prompt_tuned": {"prompt_vectors": 3, "context": "truncation"},
+    }[method]
+    comp = cc.build_compressor(method, tiny_model(), ratio=2, **options)
     randomize_trainables(comp)
     examples = [
         qa_example(comp, "Paris is in France.", "Where?", "France"),
@@ -137,7 +187,7 @@ def test_forward_loss_is_exactly_the_labelled_cross_entropy(method):
     contexts = comp.encode_ids([e.context_ids for e in examples])
     inputs = [list(e.prompt_ids) + list(e.target_ids[:-1]) for e in examples]
     logits = comp.decoder_forward(contexts, inputs)
-    opener = 0 if method == "full_context" else 1
+    opener = OPENER[method]
     expected, n = 0.0, 0
     for b, e in enumerate(examples):
         row_len = opener + len(inputs[b])

@@ -30,7 +30,13 @@ import torch
 
 import ctxcompress as cc
 from ctxcompress.data import load_qa
-from ctxcompress.evaluation import EvalResult, evaluate, markdown_table, plot_quality_vs_ratio
+from ctxcompress.evaluation import (
+    EvalResult,
+    breakdown_table,
+    evaluate,
+    markdown_table,
+    plot_quality_vs_ratio,
+)
 from ctxcompress.methods import TRAINABLE_METHODS
 from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, load_config
@@ -98,7 +104,11 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         results.append(result)
         result.save(path)
         del comp
-    (out / "table.md").write_text(markdown_table(results) + "\n")
+    table = markdown_table(results)
+    if spec["data_options"].get("num_distractors"):
+        table += "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
+        table += breakdown_table(results, "gold_position")
+    (out / "table.md").write_text(table + "\n")
     plot_quality_vs_ratio(
         [r for r in results if not r.method.startswith("no_context")],
         out / "quality_vs_ratio.png",

@@ -35,6 +35,8 @@ class Prediction:
     subset: str | None = None
     compressed_length: int = 0
     original_length: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The example's metadata (e.g. ``gold_position`` in multi-passage contexts)."""
 
 
 @dataclass
@@ -130,6 +132,7 @@ def evaluate(
                     subset=e.meta.get("subset"),
                     compressed_length=c.compressed_length,
                     original_length=c.original_length,
+                    meta=dict(e.meta),
                 )
             )
         bar.update(len(batch))
@@ -195,6 +198,25 @@ def markdown_table(results: Sequence[EvalResult]) -> str:
             f"{r.ratio:.1f}x",
             str(o["n"]),
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def breakdown_table(results: Sequence[EvalResult], key: str, metric: str = "f1") -> str:
+    """``metric`` (in %) per value of ``meta[key]`` (e.g. ``"gold_position"``), one row per
+    system; predictions without the key are left out, and ``n`` per value is shown."""
+    values = sorted({p.meta[key] for r in results for p in r.predictions if key in p.meta})
+    if not values:
+        raise InvalidInputError(f"no prediction records {key!r} in its metadata")
+    head = ["system", *[f"{key}={v}" for v in values]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.method]
+        for v in values:
+            chosen = [p.scores[metric] for p in r.predictions if p.meta.get(key) == v]
+            cells.append(
+                f"{100 * statistics.fmean(chosen):.1f} (n={len(chosen)})" if chosen else "-"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

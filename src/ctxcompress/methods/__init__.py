@@ -13,6 +13,7 @@ from .epl import EPLCompressor, EPLConfig
 from .hard import FullContext, NoContext, Truncation
 from .icae import ICAECompressor, ICAEConfig
 from .pic import PICCompressor, PICConfig
+from .prompt_tuned import PromptTuned, PromptTunedConfig
 from .sac import SACCompressor, SACConfig
 from .xc500 import XC500Compressor, XC500Config
 
@@ -27,9 +28,10 @@ METHODS: dict[str, type[Compressor]] = {
         FullContext,
         NoContext,
         Truncation,
+        PromptTuned,
     )
 }
-TRAINABLE_METHODS = ("sac", "pic", "icae", "500x", "epl")
+TRAINABLE_METHODS = ("sac", "pic", "icae", "500x", "epl", "prompt_tuned")
 _ALIASES = {
     "xc500": "500x",
     "500xcompressor": "500x",
@@ -106,6 +108,8 @@ __all__ = [
     "NoContext",
     "PICCompressor",
     "PICConfig",
+    "PromptTuned",
+    "PromptTunedConfig",
     "SACCompressor",
     "SACConfig",
     "Truncation",

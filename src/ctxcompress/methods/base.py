@@ -405,6 +405,13 @@ class Compressor(nn.Module):
             return self.ae_embedding
         raise InvalidInputError(f"unknown decoder task {task!r}; use 'lm' or 'ae'")
 
+    def task_prefix(self, task: str) -> torch.Tensor | None:
+        """The learned vectors ``[n, hidden]`` that open the decoder prompt for ``task``:
+        ``[LM]`` or ``[AE]`` alone by default; prompt-tuned baselines put their prompt
+        vectors before it."""
+        opener = self.task_embedding(task)
+        return None if opener is None else opener[None]
+
     def decoder_prompt(
         self, ctx: CompressedContext, prompt_ids: Sequence[int], task: str = "lm"
     ) -> DecoderPrompt:
@@ -413,9 +420,9 @@ class Compressor(nn.Module):
         embed = self.lm.get_input_embeddings()
         ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
         parts = [embed(ids)]
-        opener = self.task_embedding(task)
+        opener = self.task_prefix(task)
         if opener is not None:
-            parts.insert(0, opener[None].to(self.dtype))
+            parts.insert(0, opener.to(self.dtype))
         length = sum(int(p.shape[0]) for p in parts)
         start = self.first_decoder_position(ctx)
         positions = torch.arange(start, start + length, device=self.device)
@@ -436,9 +443,10 @@ class Compressor(nn.Module):
         """Frozen decoder's last hidden states for ``[LM] + prompt`` after each context.
 
         Differentiable (gradients flow into the contexts). Returns ``[B, T, hidden]``; rows
-        are left-padded, so the last ``n = 1 + len(prompt_ids[b])`` columns of row b are its
-        inputs and column ``-n + i`` predicts the token after input i. No LM head is applied:
-        training computes logits only where there are labels.
+        are left-padded, so the last ``n = k + len(prompt_ids[b])`` columns of row b are its
+        inputs (``k``: the rows of :meth:`task_prefix`) and column ``-n + i`` predicts the
+        token after input i. No LM head is applied: training computes logits only where
+        there are labels.
         """
         tasks = tasks or ["lm"] * len(contexts)
         with self.decoder_mode():
@@ -487,11 +495,12 @@ class Compressor(nn.Module):
         rows, cols, labels = [], [], []
         tasks = tasks or ["lm"] * len(target_ids)
         for row, (p, t, task) in enumerate(zip(prompt_ids, target_ids, tasks, strict=True)):
-            opener = int(self.task_embedding(task) is not None)  # [LM]/[AE] column, if any
+            prefix = self.task_prefix(task)  # [LM]/[AE] (and prompt vectors), if any
+            opener = 0 if prefix is None else int(prefix.shape[0])
             if opener + len(p) == 0:
                 raise InvalidInputError("a method without [LM] needs a non-empty prompt")
-            # The row is [opener] + p + t[:-1], right-aligned; the input just before t[i]
-            # (the last prompt token, or the opener) predicts it.
+            # The row is [opener vectors] + p + t[:-1], right-aligned; the input just before
+            # t[i] (the last prompt token, or the last opener vector) predicts it.
             before_target = width - (opener + len(p) + len(t) - 1) + opener + len(p) - 1
             for i, token in enumerate(t):
                 rows.append(row)
@@ -553,8 +562,10 @@ class Compressor(nn.Module):
             )
         prompt_ids = [self.question_ids(q) for q in qs]
         limit = max_positions(self.lm)
+        opener = self.task_prefix("lm")
+        opener_length = 0 if opener is None else int(opener.shape[0])
         for c, ids in zip(contexts, prompt_ids, strict=True):
-            end = self.first_decoder_position(c) + int(self.uses_lm_token) + len(ids)
+            end = self.first_decoder_position(c) + opener_length + len(ids)
             if end + max_new_tokens > limit:
                 raise ContextTooLongError(
                     f"context ({c.original_length} tokens) + question ({len(ids)}) + "

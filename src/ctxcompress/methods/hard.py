@@ -40,6 +40,10 @@ class HardConfig(CompressorConfig):
 class TruncationConfig(HardConfig):
     truncation: Literal["head", "head_tail"] = "head"
     """Keep the head of the context, or half the budget from the head and half from the tail."""
+    prefix_in_budget: bool = False
+    """False: the prompt prefix is kept on top of the document budget. True: it counts against
+    the budget, so exactly as many entries are kept as a compressor keeps for the whole
+    tokenized context (equal C, for trained comparisons)."""
 
 
 class HardBaseline(Compressor):
@@ -144,16 +148,21 @@ class Truncation(HardBaseline):
         prefix = self.prefix_ids()
         return len(prefix) if list(ids[: len(prefix)]) == prefix else 0
 
+    def _body_budget(self, length: int, prefix: int) -> int:
+        if self.config.prefix_in_budget:
+            return max(0, self.budget(length) - prefix)
+        return self.budget(length - prefix)
+
     def compressed_length(self, length: int) -> int:
         """Entries kept of a tokenized context of ``length`` tokens (prefix included)."""
         n = min(len(self.prefix_ids()), length)
-        return n + self.budget(length - n)
+        return n + self._body_budget(length, n)
 
     def keep(self, ids: Sequence[int]) -> list[int]:
         ids = list(ids)
         n = self._prefix_length(ids)
         prefix, body = ids[:n], ids[n:]
-        budget = self.budget(len(body))
+        budget = self._body_budget(len(ids), n)
         if self.config.truncation == "head":
             return prefix + body[:budget]
         head = (budget + 1) // 2

@@ -56,6 +56,9 @@ class LoopConfig:
     continuation_max_tokens: int = 2040
     max_context_tokens: int | None = None
     """Drop (and report) examples whose context is longer; None keeps all that fit."""
+    document_windows: bool = False
+    """Continuation/autoencoding: cut documents longer than ``continuation_max_tokens`` into
+    consecutive windows of that many tokens (each one example) instead of dropping them."""
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "1e-4" as a string: coerce numbers, with a clear error otherwise.

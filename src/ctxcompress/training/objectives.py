@@ -18,6 +18,7 @@ with EOS), nothing else: see ``Compressor.forward``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
@@ -64,28 +65,50 @@ def qa_example(comp: Compressor, context: str, question: str, answer: str) -> Tr
     )
 
 
-def continuation_example(
-    comp: Compressor, text: str, *, min_tokens: int = 510, max_tokens: int = 2040
-) -> TrainExample | None:
-    """First half compressed, second half + EOS predicted; None if outside the length filter."""
+def _head_ids(comp: Compressor) -> list[int]:
+    """BOS (if used) + the context prefix: what every tokenized context starts with."""
+    head = [comp.tokenizer.bos_token_id] if comp.config.add_bos else []
+    return [t for t in head if t is not None] + _text_ids(comp, comp.config.context_prefix)
+
+
+def document_windows(comp: Compressor, text: str, size: int) -> Iterator[list[int]]:
+    """A document's token ids cut into consecutive windows of ``size`` tokens (the last may
+    be shorter), so that long documents (whole papers) feed the length-filtered objectives
+    instead of being dropped."""
     ids = _text_ids(comp, text)
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def continuation_example(
+    comp: Compressor,
+    text: str | Sequence[int],
+    *,
+    min_tokens: int = 510,
+    max_tokens: int = 2040,
+) -> TrainExample | None:
+    """First half compressed, second half + EOS predicted; None if outside the length filter.
+    ``text`` is a string or its token ids (a window of a longer document)."""
+    ids = _text_ids(comp, text) if isinstance(text, str) else list(text)
     if not min_tokens <= len(ids) <= max_tokens or len(ids) < 2:
         return None
     half = len(ids) // 2
-    head = [comp.tokenizer.bos_token_id] if comp.config.add_bos else []
-    head = [t for t in head if t is not None] + _text_ids(comp, comp.config.context_prefix)
     return TrainExample(
-        context_ids=tuple(head + ids[:half]),
+        context_ids=tuple(_head_ids(comp) + ids[:half]),
         prompt_ids=(),
         target_ids=(*ids[half:], _eos(comp)),
     )
 
 
-def autoencoding_example(comp: Compressor, text: str) -> TrainExample:
-    """After ``[AE]``, reconstruct the context text + EOS."""
+def autoencoding_example(comp: Compressor, text: str | Sequence[int]) -> TrainExample:
+    """After ``[AE]``, reconstruct the context text + EOS (``text``: a string or token ids)."""
+    if isinstance(text, str):
+        context, ids = comp.context_ids(text), _text_ids(comp, text)
+    else:
+        context, ids = _head_ids(comp) + list(text), list(text)
     return TrainExample(
-        context_ids=tuple(comp.context_ids(text)),
+        context_ids=tuple(context),
         prompt_ids=(),
-        target_ids=(*_text_ids(comp, text), _eos(comp)),
+        target_ids=(*ids, _eos(comp)),
         task="ae",
     )

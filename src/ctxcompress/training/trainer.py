@@ -37,7 +37,13 @@ from ..methods.base import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
 from .config import DataSource, TrainConfig
-from .objectives import TrainExample, autoencoding_example, continuation_example, qa_example
+from .objectives import (
+    TrainExample,
+    autoencoding_example,
+    continuation_example,
+    document_windows,
+    qa_example,
+)
 from .sampler import MixtureSampler
 
 
@@ -65,19 +71,17 @@ def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) ->
             examples.append(qa_example(comp, doc.document, doc.question(), doc.summary))
     else:
         for text in _texts(source, limit, seed, options):
-            if source.objective == "continuation":
-                ex = continuation_example(
-                    comp,
-                    text,
-                    min_tokens=loop.continuation_min_tokens,
-                    max_tokens=loop.continuation_max_tokens,
-                )
-            else:
-                ex = autoencoding_example(comp, text)
-            if ex is None:
-                dropped += 1
-            else:
-                examples.append(ex)
+            pieces = (
+                document_windows(comp, text, loop.continuation_max_tokens)
+                if loop.document_windows
+                else [text]
+            )
+            for piece in pieces:
+                ex = _text_example(comp, piece, source.objective, loop)
+                if ex is None:
+                    dropped += 1
+                else:
+                    examples.append(ex)
     limit_tokens = loop.max_context_tokens
     if limit_tokens is not None:
         kept = [e for e in examples if len(e.context_ids) <= limit_tokens]
@@ -89,6 +93,18 @@ def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) ->
             f"({dropped} dropped by the length filters)"
         )
     return SourceExamples(source, examples, dropped)
+
+
+def _text_example(comp: Compressor, text, objective: str, loop) -> TrainExample | None:
+    """A continuation or autoencoding example of a text (or a window of its token ids)."""
+    if objective == "continuation":
+        return continuation_example(
+            comp,
+            text,
+            min_tokens=loop.continuation_min_tokens,
+            max_tokens=loop.continuation_max_tokens,
+        )
+    return autoencoding_example(comp, text)
 
 
 def _texts(source: DataSource, limit, seed, options) -> list[str]:

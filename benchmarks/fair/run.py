@@ -1,0 +1,314 @@
+"""A fair small-scale comparison: every system gets the same budget and the same two stages.
+
+On SmolLM2-135M-Instruct and the shared NQ-open oracle data, at two settings:
+
+* ``r4``:  ratio 4 on single gold passages (~150 tokens);
+* ``r16``: ratio 16 on 5-passage contexts (~620 tokens: the gold passage among 4 distractors,
+  at a position drawn per item, recorded in every prediction and tabulated).
+
+Systems (all trained with the same data, steps, batch and optimiser):
+
+* the compressors SAC, PIC, ICAE, 500x, EPL (LoRA rank 32 on q/v, as ``configs/smollm2``);
+* ``trained_truncation``: the head of the context cut to the same number of entries as the
+  compressors keep (prompt prefix included), encoded by a LoRA
+  encoder of the same rank and read by the frozen decoder after a learned ``[LM]``;
+* ``pt_full`` / ``pt_truncation`` / ``pt_none``: the frozen model reads the whole context /
+  its head cut to the budget / nothing, and only a soft prompt (8 vectors + ``[LM]``) is
+  trained: the upper bound, the cheapest compressor, the lower bound;
+* zero-shot full context and truncation through the chat template, for reference.
+
+Recipe: stage 1 (``--stage1-steps``) on offline text: the ACLSum full-text papers from PyPI
+and the NQ-train long-answer paragraphs, cut into windows; continuation for everyone, plus
+autoencoding for the methods whose papers use it (ICAE, 500x, EPL, PIC). Stage 2
+(``--stage2-steps``) QA fine-tuning on the NQ train split, starting from stage 1. Learning
+curve: dev-split F1 (first ``--dev-limit`` items) every ``--curve-every`` stage-2 steps, with
+the cumulative training time, so "reaches a given quality sooner" can be read off in steps
+and in seconds. Final scores on the first ``--eval-limit`` test items.
+
+Everything is checkpointed under ``--out``; rerun the same command to resume (finished
+stages, curve points and evaluations are reused). Writes per setting ``table.md``,
+``curves.json``, ``curves.png``, ``eval/<system>.json``, and ``summary.json`` overall.
+
+    python benchmarks/fair/run.py --out benchmarks/fair/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import ctxcompress as cc
+from ctxcompress.data import load_qa
+from ctxcompress.evaluation import (
+    EvalResult,
+    breakdown_table,
+    evaluate,
+    markdown_table,
+)
+from ctxcompress.prompts import chat_prompt_options
+from ctxcompress.training import Trainer, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "configs" / "smollm2" / "sac-nq-r4.yaml"  # loop settings shared by all
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "r4": {"ratio": 4, "data_options": {}, "window": 256},
+    "r16": {"ratio": 16, "data_options": {"num_distractors": 4}, "window": 640},
+}
+LORA = {"lora_rank": 32, "lora_alpha": 64}
+PROMPT = {"lora_rank": 0, "prompt_vectors": 8}
+SYSTEMS: dict[str, dict[str, Any]] = {
+    "sac": {"method": "sac", "options": LORA, "autoencoding": False},
+    "pic": {"method": "pic", "options": LORA, "autoencoding": True},
+    "icae": {"method": "icae", "options": LORA, "autoencoding": True},
+    "500x": {"method": "500x", "options": LORA, "autoencoding": True},
+    "epl": {"method": "epl", "options": LORA, "autoencoding": True},
+    "trained_truncation": {
+        "method": "prompt_tuned",
+        "options": {**LORA, "context": "truncation", "prompt_vectors": 0, "prefix_in_budget": True},
+        "autoencoding": False,
+    },
+    "pt_full": {"method": "prompt_tuned", "options": {**PROMPT, "context": "full"}},
+    "pt_truncation": {
+        "method": "prompt_tuned",
+        "options": {**PROMPT, "context": "truncation", "prefix_in_budget": True},
+    },
+    "pt_none": {"method": "prompt_tuned", "options": {**PROMPT, "context": "none"}},
+}
+ZERO_SHOT = ("zs_full_context", "zs_truncation")
+STAGE1_TEXTS = (
+    {"source": "aclsum:train", "options": {"source": "fulltext"}},
+    {"source": "nq-oracle:train", "options": {"context": "long_answer"}},
+)
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+def load_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic: a crash never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def add_seconds(path: Path, key: str, seconds: float) -> None:
+    data = load_json(path, {})
+    data[key] = data.get(key, 0.0) + seconds
+    write_json(path, data)
+
+
+# ----------------------------------------------------------------------------- configs
+def stage_config(system: str, setting: str, stage: int, args, out: Path) -> Any:
+    """The training config of one stage of one system (loop settings from TEMPLATE)."""
+    spec, info = SETTINGS[setting], SYSTEMS[system]
+    template = yaml.safe_load(TEMPLATE.read_text())
+    ae = bool(info.get("autoencoding"))
+    options = {**info["options"], "ratio": spec["ratio"]}
+    if ae:
+        options["autoencoding"] = True
+    if stage == 1:
+        data = [{**t, "objective": "continuation"} for t in STAGE1_TEXTS]
+        if ae:
+            data += [{**t, "objective": "autoencoding"} for t in STAGE1_TEXTS]
+        steps = args.stage1_steps
+    else:
+        data = [{"source": "nq-oracle:train", "objective": "qa", "options": spec["data_options"]}]
+        steps = args.stage2_steps
+    loop = {
+        **template["train"],
+        "steps": steps,
+        "save_every": args.curve_every,
+        "log_every": 5,
+        "continuation_min_tokens": 32,
+        "continuation_max_tokens": spec["window"],
+        "document_windows": True,
+    }
+    config = {
+        "method": info["method"],
+        "base_model": "embedded",
+        "method_options": options,
+        "data": data,
+        "train": loop,
+        "output_dir": str(out / "train" / system / f"stage{stage}"),
+    }
+    if stage == 2 and args.stage1_steps > 0:
+        config["init_from"] = str(out / "train" / system / "stage1" / "compressor")
+    return parse_config(config)
+
+
+# ----------------------------------------------------------------------------- one system
+def train_system(system: str, setting: str, args, out: Path, dev) -> cc.Compressor:
+    """Stage 1, then stage 2 with a dev-F1 point every ``curve_every`` steps."""
+    walls = out / "wall_seconds.json"
+    if args.stage1_steps > 0:
+        config = stage_config(system, setting, 1, args, out)
+        if not (Path(config.output_dir) / "compressor").is_dir():
+            start = time.perf_counter()
+            Trainer(config).run()
+            add_seconds(walls, f"stage1:{system}", time.perf_counter() - start)
+    config = stage_config(system, setting, 2, args, out)
+    curve_path = out / "curves.json"
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    add_seconds(walls, f"stage2:{system}", time.perf_counter() - start)
+    while True:
+        step = trainer.step
+        curves = load_json(curve_path, {})
+        points = curves.setdefault(system, [])
+        if not any(p["step"] == step for p in points):
+            seconds = load_json(walls, {})
+            result = evaluate(
+                trainer.compressor,
+                dev,
+                max_new_tokens=32,
+                batch_size=16,
+                progress=False,
+                label=system,
+            )
+            points.append(
+                {
+                    "step": step,
+                    "f1": result.overall["f1"],
+                    "em": result.overall["em"],
+                    "train_seconds": seconds.get(f"stage1:{system}", 0.0)
+                    + seconds.get(f"stage2:{system}", 0.0),
+                }
+            )
+            points.sort(key=lambda p: p["step"])
+            write_json(curve_path, curves)
+            print(
+                f"[fair] {setting} {system} step {step}: dev F1 {100 * result.overall['f1']:.1f}",
+                flush=True,
+            )
+        if step >= config.train.steps:
+            return trainer.compressor
+        start = time.perf_counter()
+        trainer.run(until_step=step + args.curve_every)
+        add_seconds(walls, f"stage2:{system}", time.perf_counter() - start)
+
+
+def zero_shot(system: str, setting: str) -> cc.Compressor:
+    base = cc.load_base_model()
+    options = chat_prompt_options(base.tokenizer)
+    if system == "zs_truncation":
+        return cc.build_compressor("truncation", base, ratio=SETTINGS[setting]["ratio"], **options)
+    return cc.build_compressor("full_context", base, **options)
+
+
+# ----------------------------------------------------------------------------- reports
+def plot_curves(curves: dict[str, list[dict]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for system, points in curves.items():
+        if not points:
+            continue
+        steps = [p["step"] for p in points]
+        f1 = [100 * p["f1"] for p in points]
+        axes[0].plot(steps, f1, marker="o", label=system)
+        axes[1].plot([p["train_seconds"] / 60 for p in points], f1, marker="o", label=system)
+    axes[0].set_xlabel("QA fine-tuning step (after stage 1)")
+    axes[1].set_xlabel("training time, stage 1 + 2 (CPU minutes)")
+    axes[0].set_ylabel("dev F1 (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_setting(setting: str, args) -> list[EvalResult]:
+    spec = SETTINGS[setting]
+    out = args.out / setting
+    out.mkdir(parents=True, exist_ok=True)
+    dev = load_qa("nq-oracle:dev", limit=args.dev_limit, **spec["data_options"])
+    test = load_qa("nq-oracle:test", limit=args.eval_limit, **spec["data_options"])
+    results = []
+    for system in args.systems:
+        path = out / "eval" / f"{system}.json"
+        if path.is_file():
+            results.append(EvalResult.load(path))
+            continue
+        if system in SYSTEMS:
+            comp = train_system(system, setting, args, out, dev)
+            label = f"{system}@{spec['ratio']}x"
+        else:
+            comp = zero_shot(system, setting)
+            label = f"{system}@{spec['ratio']}x" if system == "zs_truncation" else system
+        start = time.perf_counter()
+        result = evaluate(comp, test, max_new_tokens=32, batch_size=16, label=label)
+        add_seconds(out / "wall_seconds.json", f"eval:{system}", time.perf_counter() - start)
+        result.info["setting"] = setting
+        result.save(path)
+        results.append(result)
+        del comp
+    table = markdown_table(results)
+    if spec["data_options"].get("num_distractors"):
+        table += "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
+        table += breakdown_table(results, "gold_position")
+    (out / "table.md").write_text(table + "\n")
+    plot_curves(
+        load_json(out / "curves.json", {}),
+        out / "curves.png",
+        f"NQ-open oracle dev (first {args.dev_limit}), SmolLM2-135M, setting {setting}",
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "fair" / "results")
+    parser.add_argument("--settings", default="r4,r16")
+    parser.add_argument("--systems", default=",".join([*SYSTEMS, *ZERO_SHOT]))
+    parser.add_argument("--stage1-steps", type=int, default=100)
+    parser.add_argument("--stage2-steps", type=int, default=200)
+    parser.add_argument("--curve-every", type=int, default=50)
+    parser.add_argument("--dev-limit", type=int, default=50)
+    parser.add_argument("--eval-limit", type=int, default=100)
+    args = parser.parse_args()
+    args.systems = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in args.systems if s not in SYSTEMS and s not in ZERO_SHOT]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; known: {[*SYSTEMS, *ZERO_SHOT]}")
+    command = "python benchmarks/fair/run.py " + " ".join(
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k != "out"
+    )
+    summary_path = args.out / "summary.json"
+    summary = load_json(summary_path, {"settings": {}})
+    summary["machine"] = {
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    for setting in args.settings.split(","):
+        results = run_setting(setting, args)
+        summary["settings"][setting] = {
+            "command": command,
+            "table": (args.out / setting / "table.md").read_text(),
+            "overall": {r.method: r.overall for r in results},
+            "wall_seconds": load_json(args.out / setting / "wall_seconds.json", {}),
+        }
+        write_json(summary_path, summary)
+        print((args.out / setting / "table.md").read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
