@@ -254,6 +254,14 @@ def test_resume_refuses_a_changed_configuration(qa_file, tmp_path):
         cc.InvalidInputError, match=r"different configuration \(train.lr: 0.01 -> 0.005"
     ):
         Trainer(other_lr)
+    # A loop option that did not exist when the run started ran at its default value.
+    saved = tmp_path / "r" / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    del data["train"]["document_windows"]
+    saved.write_text(yaml.safe_dump(data))
+    assert Trainer(config("sac", qa_file, tmp_path / "r", steps=6)).step == 4
+    with pytest.raises(cc.InvalidInputError, match="document_windows: False -> True"):
+        Trainer(config("sac", qa_file, tmp_path / "r", steps=6, document_windows=True))
     other_ratio = config("sac", qa_file, tmp_path / "r", steps=6)
     other_ratio.method_options["ratio"] = 4
     with pytest.raises(cc.InvalidInputError, match="method_options.ratio: 2 -> 4"):

@@ -12,6 +12,7 @@ clipping, checkpoints every ``save_every`` steps with exact resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -36,7 +37,7 @@ from ..methods import Compressor, build_compressor
 from ..methods.base import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
-from .config import DataSource, TrainConfig
+from .config import DataSource, LoopConfig, TrainConfig
 from .objectives import (
     TrainExample,
     autoencoding_example,
@@ -237,7 +238,12 @@ class Trainer:
         if not saved_file.is_file():
             return
         saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
-        current = _flatten(yaml.safe_load(yaml.safe_dump(self.config.to_dict())))  # as saved
+        current = _flatten(_as_yaml(self.config))  # as config.yaml would hold it
+        # A loop option added after the checkpoint was written ran at its default value then.
+        defaults = {f"train.{k}": v for k, v in _flatten(_as_yaml(LoopConfig())).items()}
+        for key in current.keys() - saved.keys():
+            if key in defaults:
+                saved[key] = defaults[key]
         changed = sorted(
             key
             for key in saved.keys() | current.keys()
@@ -395,6 +401,11 @@ class Trainer:
             ckpt.prune(self.output_dir, self.loop.keep_checkpoints)
         acc.wait_for_everyone()
         return target
+
+
+def _as_yaml(obj: Any) -> Any:
+    """A dataclass as the plain data YAML would give back (tuples become lists)."""
+    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(obj)))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
