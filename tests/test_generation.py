@@ -148,3 +148,53 @@ def test_reserved_cache_decodes_exactly_like_a_dynamic_cache(arch):
         keys = prefilled.layers[1].keys.clone()
         reserved = reserve_cache(prefilled, model, capacity=20)
     torch.testing.assert_close(reserved.layers[1].keys, keys)
+
+
+def test_shared_prefix_attention_equals_one_copy_per_row(sac):
+    """One context read once for all rows gives the logits of a copy per row."""
+    from ctxcompress.generation import DecoderPrompt, build_decoder_batch
+    from ctxcompress.shared_prefix import own_tokens_mask, shared_prefix_attention, supports
+
+    model = sac.lm
+    backend = model.config._attn_implementation  # sdpa or eager: both supported
+    assert supports(model)
+    ctx = sac.compress(TEXT * 9)
+    rows = [sac.decoder_prompt(ctx, sac.question_ids(q)) for q in QUESTIONS[:3]]
+    with torch.inference_mode(), sac.decoder_mode():
+        copies = build_decoder_batch(model, rows)
+        expected = model(
+            inputs_embeds=copies.inputs_embeds,
+            position_ids=copies.position_ids,
+            attention_mask=copies.attention_mask,
+            past_key_values=copies.cache,
+        ).logits
+        own = build_decoder_batch(model, [DecoderPrompt(None, r.embeds, r.positions) for r in rows])
+        with shared_prefix_attention(model, ctx):
+            got = model(
+                inputs_embeds=own.inputs_embeds,
+                position_ids=own.position_ids,
+                attention_mask=own_tokens_mask(own.attention_mask, own.inputs_embeds.shape[1]),
+            ).logits
+        assert model.config._attn_implementation == backend  # restored
+    # Rows are left-padded: compare the real (unpadded) positions of each row.
+    for row, n in enumerate(own.prompt_lengths):
+        torch.testing.assert_close(got[row, -n:], expected[row, -n:], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_attention_is_only_used_where_it_is_exact():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from ctxcompress.shared_prefix import supports
+
+    assert supports(tiny_model("llama").model) and supports(tiny_model("qwen2").model)
+    windowed = Qwen2Config(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=8,
+    )
+    assert not supports(Qwen2ForCausalLM(windowed))

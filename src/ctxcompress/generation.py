@@ -15,6 +15,7 @@ question at C instead of L).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from . import shared_prefix
 from .context import CompressedContext
+from .shared_prefix import own_tokens_mask, shared_prefix_attention
 
 
 @dataclass
@@ -186,6 +189,9 @@ def greedy_generate(
     ``Generation.token_ids``; the final text may still drop a stop string and the whitespace
     at either end. It does not change what is generated.
     """
+    shared = _shared_prefix(model, prompts)
+    if shared is not None:  # one context, many questions: read it once per step
+        prompts = [DecoderPrompt(None, p.embeds, p.positions) for p in prompts]
     batch = build_decoder_batch(model, prompts)
     embed = model.get_input_embeddings()
     eos = torch.tensor(sorted(set(eos_token_ids)), device=batch.inputs_embeds.device)
@@ -193,49 +199,54 @@ def greedy_generate(
     generated: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
     reasons = ["length"] * rows
+    key_valid = batch.attention_mask  # [B, S]: 1 for every real key/value entry so far
 
-    prefix_length = batch.attention_mask.shape[1] - batch.inputs_embeds.shape[1]
-    capacity = prefix_length + batch.inputs_embeds.shape[1] + max_new_tokens
-    out = model(
-        inputs_embeds=batch.inputs_embeds,
-        position_ids=batch.position_ids,
-        attention_mask=batch.attention_mask,
-        past_key_values=reserve_cache(batch.cache, model, capacity),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    attention_mask, positions, cache = (
-        batch.attention_mask,
-        batch.next_positions,
-        out.past_key_values,
-    )
-    for step in range(max_new_tokens):
-        next_tokens = out.logits[:, -1].argmax(-1)
-        is_eos = torch.isin(next_tokens, eos).tolist()
-        for row, token in enumerate(next_tokens.tolist()):
-            if finished[row]:
-                continue
-            if is_eos[row]:
-                finished[row], reasons[row] = True, "eos"
-                continue
-            generated[row].append(token)
-            if on_token is not None:
-                on_token(row, token)
-            if stop_strings:
-                text = tokenizer.decode(generated[row], skip_special_tokens=True)
-                if _first_stop(text, stop_strings) is not None:
-                    finished[row], reasons[row] = True, "stop"
-        if all(finished) or step == max_new_tokens - 1:
-            break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], 1)
-        out = model(
-            inputs_embeds=embed(next_tokens[:, None]),
-            position_ids=positions[:, None],
-            attention_mask=attention_mask,
+    def forward(inputs_embeds, positions, cache, **extra):
+        mask = key_valid
+        if shared is not None:
+            mask = own_tokens_mask(key_valid, inputs_embeds.shape[1])
+        return model(
+            inputs_embeds=inputs_embeds,
+            position_ids=positions,
+            attention_mask=mask,
             past_key_values=cache,
             use_cache=True,
+            **extra,
         )
-        cache, positions = out.past_key_values, positions + 1
+
+    prefix_length = key_valid.shape[1] - batch.inputs_embeds.shape[1]
+    capacity = prefix_length + batch.inputs_embeds.shape[1] + max_new_tokens
+    with contextlib.ExitStack() as stack:
+        if shared is not None:
+            stack.enter_context(shared_prefix_attention(model, shared))
+        out = forward(
+            batch.inputs_embeds,
+            batch.position_ids,
+            reserve_cache(batch.cache, model, capacity),
+            logits_to_keep=1,
+        )
+        positions, cache = batch.next_positions, out.past_key_values
+        for step in range(max_new_tokens):
+            next_tokens = out.logits[:, -1].argmax(-1)
+            is_eos = torch.isin(next_tokens, eos).tolist()
+            for row, token in enumerate(next_tokens.tolist()):
+                if finished[row]:
+                    continue
+                if is_eos[row]:
+                    finished[row], reasons[row] = True, "eos"
+                    continue
+                generated[row].append(token)
+                if on_token is not None:
+                    on_token(row, token)
+                if stop_strings:
+                    text = tokenizer.decode(generated[row], skip_special_tokens=True)
+                    if _first_stop(text, stop_strings) is not None:
+                        finished[row], reasons[row] = True, "stop"
+            if all(finished) or step == max_new_tokens - 1:
+                break
+            key_valid = torch.cat([key_valid, key_valid.new_ones(rows, 1)], 1)
+            out = forward(embed(next_tokens[:, None]), positions[:, None], cache)
+            cache, positions = out.past_key_values, positions + 1
     answers = []
     for row in range(rows):
         text = tokenizer.decode(generated[row], skip_special_tokens=True)
@@ -243,6 +254,18 @@ def greedy_generate(
         text = (text if cut is None else text[:cut]).strip()
         answers.append(Generation(text, generated[row], reasons[row]))
     return answers
+
+
+def _shared_prefix(
+    model: PreTrainedModel, prompts: Sequence[DecoderPrompt]
+) -> CompressedContext | None:
+    """The one KV context every row reads, when shared-prefix attention applies to it."""
+    first = prompts[0].prefix
+    if len(prompts) < 2 or first is None or first.kind != "kv":
+        return None
+    if any(p.prefix is not first for p in prompts) or not shared_prefix.supports(model):
+        return None
+    return first
 
 
 def _first_stop(text: str, stop_strings: Sequence[str]) -> int | None:
