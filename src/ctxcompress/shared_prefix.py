@@ -74,27 +74,27 @@ def _attention(
     kv_heads = key.shape[1]
     group = q_heads // kv_heads
     scale = dim**-0.5 if scaling is None else scaling
-    q = query.float()
+    q = query.float() * scale  # scaled once here rather than every score
 
     # The shared prefix, read once for every row: queries grouped by their key/value head.
     grouped = q.reshape(batch, kv_heads, group, length, dim).permute(1, 0, 2, 3, 4)
     grouped = grouped.reshape(kv_heads, batch * group * length, dim)
-    scores = torch.matmul(grouped, prefix_keys.float().transpose(-1, -2)) * scale
+    scores = torch.matmul(grouped, prefix_keys.float().transpose(-1, -2))
     lse_prefix = torch.logsumexp(scores, dim=-1, keepdim=True)
-    out_prefix = torch.matmul(torch.exp(scores - lse_prefix), prefix_values.float())
+    out_prefix = torch.matmul(torch.softmax(scores, dim=-1), prefix_values.float())
     out_prefix = out_prefix.view(kv_heads, batch, group, length, dim).permute(1, 0, 2, 3, 4)
     lse_prefix = lse_prefix.view(kv_heads, batch, group, length, 1).permute(1, 0, 2, 3, 4)
 
     # Each row's own tokens, under the mask ([B, 1, T, S] -> broadcast over head groups).
     own = q.reshape(batch, kv_heads, group * length, dim)
-    scores = torch.matmul(own, key.float().transpose(-1, -2)) * scale
+    scores = torch.matmul(own, key.float().transpose(-1, -2))
     scores = scores.view(batch, kv_heads, group, length, -1)
     scores = scores.masked_fill(~attention_mask[:, :, None], float("-inf"))
     lse_own = torch.logsumexp(scores, dim=-1, keepdim=True)  # -inf where nothing is visible
-    safe = torch.where(torch.isfinite(lse_own), lse_own, torch.zeros_like(lse_own))
-    out_own = torch.matmul(
-        torch.exp(scores - safe).view(batch, kv_heads, group * length, -1), value.float()
-    ).view(batch, kv_heads, group, length, dim)
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a padded query sees nothing
+    out_own = torch.matmul(weights.view(batch, kv_heads, group * length, -1), value.float()).view(
+        batch, kv_heads, group, length, dim
+    )
 
     top = torch.maximum(lse_prefix, lse_own)
     w_prefix, w_own = torch.exp(lse_prefix - top), torch.exp(lse_own - top)
