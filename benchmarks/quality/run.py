@@ -1,7 +1,7 @@
 """Quality benchmark: every method on SmolLM2-135M and the shared NQ-open oracle data.
 
 Two settings, each trained with the same budget per method (``--steps`` x batch 4 -- by default
-200 steps at r4 and 100 at r16, whose steps cost ~4x more on CPU -- with the small settings of
+200 steps at r4 and 50 at r16, whose steps cost ~4x more on CPU -- with the small settings of
 ``configs/smollm2/``) on the train split and evaluated on the first
 ``--eval-limit`` test items:
 
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDER = {"500x": "xc500"}
 SETTINGS = {
     "r4": {"ratio": 4, "data_options": {}, "steps": 200},
-    "r16": {"ratio": 16, "data_options": {"num_distractors": 4}, "steps": 100},
+    "r16": {"ratio": 16, "data_options": {"num_distractors": 4}, "steps": 50},
 }
 HARD = ("truncation", "full_context", "no_context")
 
