@@ -105,3 +105,24 @@ def test_memory_positions_after_chunk_and_epl():
     assert e.positions.tolist() == [2, 6, 10, 14]
     assert after.first_decoder_position(a) == 19  # after the last memory token
     assert epl.first_decoder_position(e) == 16  # L, like SAC
+
+
+@pytest.mark.parametrize("method", ["icae", "pic"])
+def test_soft_prompt_can_be_scaled_to_the_embedding_norm(method):
+    base = tiny_model()
+    plain = cc.build_compressor(method, base, ratio=4, lora_rank=0)
+    scaled = cc.build_compressor(
+        method, base, ratio=4, lora_rank=0, soft_prompt_scale="embedding_norm"
+    )
+    text = "The committee met in Paris in 1987 to discuss the water report. " * 6
+    a, b = plain.compress(text), scaled.compress(text)
+    table = base.model.get_input_embeddings().weight
+    target = table.norm(dim=-1).median()
+    torch.testing.assert_close(
+        b.embeds.norm(dim=-1), target.expand(b.compressed_length), rtol=1e-4, atol=1e-4
+    )
+    # Same directions: only the length of each vector changes.
+    cosine = torch.nn.functional.cosine_similarity(a.embeds, b.embeds, dim=-1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine), rtol=1e-4, atol=1e-4)
+    with pytest.raises(cc.InvalidInputError, match="soft_prompt_scale"):
+        cc.build_compressor(method, base, ratio=4, lora_rank=0, soft_prompt_scale="unit")

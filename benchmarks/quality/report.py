@@ -9,13 +9,18 @@ import argparse
 import json
 from pathlib import Path
 
-from ctxcompress.evaluation import EvalResult, markdown_table, plot_quality_vs_ratio
+from ctxcompress.evaluation import (
+    EvalResult,
+    breakdown_table,
+    markdown_table,
+    plot_quality_vs_ratio,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER = ["sac", "pic", "icae", "500x", "epl", "truncation", "full_context", "no_context"]
 DESCRIPTION = {
     "r4": "ratio 4 on single gold passages (~150 tokens)",
-    "r16": "ratio 16 on 10-passage contexts (gold among 9 distractors, ~1.4k tokens)",
+    "r16": "ratio 16 on 5-passage contexts (gold among 4 distractors, ~620 tokens)",
 }
 
 
@@ -46,6 +51,9 @@ def main() -> None:
             f"NQ-open oracle test split, first {results[0].overall['n']} items; scores in %.\n"
         )
         parts.append(markdown_table(results) + "\n")
+        if all("gold_position" in p.meta for r in results for p in r.predictions):
+            parts.append("F1 (%) by the gold passage's position in the context (0 = first):\n")
+            parts.append(breakdown_table(results, "gold_position") + "\n")
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)} (rerun the command to resume).\n")
         plot = args.out.parent / "results" / f"quality_{setting}.png"

@@ -51,6 +51,10 @@ class MemoryConfig(CompressorConfig):
     """One-pass only: context tokens see all earlier context, or only their own chunk."""
     memory_carry: Literal["own", "all"] = "own"
     """One-pass only: memory sees its own group, or also every earlier group."""
+    soft_prompt_scale: Literal["none", "embedding_norm"] = "none"
+    """[guess] Hidden output only: keep the final hidden states as they are (ICAE's code), or
+    rescale each to the median norm of the input embeddings the decoder normally reads (on
+    SmolLM2-135M the hidden states are ~14x larger: ~44 vs ~3.2)."""
 
 
 @dataclass
@@ -72,6 +76,8 @@ class MemoryTokenCompressor(Compressor):
         super().__init__(base, config or self.config_class())
         slots = memory_slots(self.config.chunk_size, self.config.ratio)
         self.memory_embedding = nn.Parameter(self._normal(slots, self.lm.config.hidden_size))
+        table = self.lm.get_input_embeddings().weight.detach()
+        self.embedding_norm = float(table.float().norm(dim=-1).median())
 
     @property
     def context_kind(self) -> str:  # type: ignore[override]
@@ -169,6 +175,10 @@ class MemoryTokenCompressor(Compressor):
         if want_kv:
             outputs = gather_cache_entries(cache, rows_idx, cols_idx)
         else:
-            outputs = (out.last_hidden_state[rows_idx, cols_idx],)
+            hidden = out.last_hidden_state[rows_idx, cols_idx]
+            if self.config.soft_prompt_scale == "embedding_norm":
+                norm = hidden.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+                hidden = (hidden * (self.embedding_norm / norm)).to(hidden.dtype)
+            outputs = (hidden,)
         counts = [sum(s >= 0 for s in r.memory_slot) for r in rows]
         return list(zip(*(t.split(counts) for t in outputs), strict=True))
