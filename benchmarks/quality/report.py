@@ -38,7 +38,8 @@ def main() -> None:
     parts = ["# Results\n"]
     if args.intro and args.intro.is_file():
         parts.append(args.intro.read_text().strip() + "\n")
-    for setting in sorted(p.name for p in args.results.iterdir() if p.is_dir()):
+    settings = [p.name for p in args.results.iterdir() if p.is_dir()]
+    for setting in sorted(settings, key=lambda n: (len(n), n)):  # r4 before r16
         folder = args.results / setting
         files = {p.stem: p for p in (folder / "eval").glob("*.json")}
         results = [EvalResult.load(files[m]) for m in ORDER if m in files]
