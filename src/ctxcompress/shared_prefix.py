@@ -79,9 +79,9 @@ def _attention(
     # The shared prefix, read once for every row: queries grouped by their key/value head.
     grouped = q.reshape(batch, kv_heads, group, length, dim).permute(1, 0, 2, 3, 4)
     grouped = grouped.reshape(kv_heads, batch * group * length, dim)
-    scores = torch.matmul(grouped, prefix_keys.float().transpose(-1, -2))
+    scores = torch.matmul(grouped, prefix_keys.transpose(-1, -2))
     lse_prefix = torch.logsumexp(scores, dim=-1, keepdim=True)
-    out_prefix = torch.matmul(torch.softmax(scores, dim=-1), prefix_values.float())
+    out_prefix = torch.matmul(torch.softmax(scores, dim=-1), prefix_values)
     out_prefix = out_prefix.view(kv_heads, batch, group, length, dim).permute(1, 0, 2, 3, 4)
     lse_prefix = lse_prefix.view(kv_heads, batch, group, length, 1).permute(1, 0, 2, 3, 4)
 
@@ -112,9 +112,10 @@ def shared_prefix_attention(model: PreTrainedModel, context: CompressedContext) 
     context) before every row's own tokens; pass 4-D boolean masks over the own tokens."""
     if not supports(model):
         raise ValueError(f"shared-prefix attention does not support {model.config.model_type}")
-    device, dtype = model.get_input_embeddings().weight.device, model.dtype
+    # Stored in float32 once (the attention arithmetic is float32), not converted per step.
+    device = model.get_input_embeddings().weight.device
     layers = [
-        (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
+        (k.to(device=device, dtype=torch.float32), v.to(device=device, dtype=torch.float32))
         for k, v in zip(context.keys, context.values, strict=True)
     ]
     token = _PREFIX.set(layers)
