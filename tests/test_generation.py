@@ -198,3 +198,16 @@ def test_shared_prefix_attention_is_only_used_where_it_is_exact():
         sliding_window=8,
     )
     assert not supports(Qwen2ForCausalLM(windowed))
+
+
+def test_shared_prefix_attention_in_bfloat16_matches_the_copies_closely():
+    """Half-precision models: the shared path computes in float32, the copy path in bf16."""
+    base = tiny_model()
+    base.model.to(torch.bfloat16)
+    comp = make_sac(base, ratio=4)
+    randomize_trainables(comp)
+    ctx = comp.compress(TEXT * 9)
+    assert ctx.keys.dtype == torch.bfloat16
+    rows = comp.generate(ctx, QUESTIONS[:4], max_new_tokens=6)  # shared prefix (4 rows)
+    alone = [comp.generate(ctx, q, max_new_tokens=6) for q in QUESTIONS[:4]]  # copies path
+    assert sum(a == b for a, b in zip(rows, alone, strict=True)) >= 3  # bf16 rounding may flip one
