@@ -23,9 +23,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from . import shared_prefix
 from .context import CompressedContext
-from .shared_prefix import own_tokens_mask, shared_prefix_attention
+from .shared_prefix import own_tokens_mask, shared_prefix_attention, supports
 
 
 @dataclass
@@ -214,8 +213,7 @@ def greedy_generate(
             **extra,
         )
 
-    prefix_length = key_valid.shape[1] - batch.inputs_embeds.shape[1]
-    capacity = prefix_length + batch.inputs_embeds.shape[1] + max_new_tokens
+    capacity = key_valid.shape[1] + max_new_tokens  # prefix + prompt + every new token
     with contextlib.ExitStack() as stack:
         if shared is not None:
             stack.enter_context(shared_prefix_attention(model, shared))
@@ -263,7 +261,7 @@ def _shared_prefix(
     first = prompts[0].prefix
     if len(prompts) < 2 or first is None or first.kind != "kv":
         return None
-    if any(p.prefix is not first for p in prompts) or not shared_prefix.supports(model):
+    if any(p.prefix is not first for p in prompts) or not supports(model):
         return None
     return first
 

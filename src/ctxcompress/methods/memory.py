@@ -76,8 +76,10 @@ class MemoryTokenCompressor(Compressor):
         super().__init__(base, config or self.config_class())
         slots = memory_slots(self.config.chunk_size, self.config.ratio)
         self.memory_embedding = nn.Parameter(self._normal(slots, self.lm.config.hidden_size))
-        table = self.lm.get_input_embeddings().weight.detach()
-        self.embedding_norm = float(table.float().norm(dim=-1).median())
+        self.embedding_norm: float | None = None  # median input-embedding norm, when used
+        if self.config.soft_prompt_scale == "embedding_norm":
+            table = self.lm.get_input_embeddings().weight.detach()
+            self.embedding_norm = float(table.float().norm(dim=-1).median())
 
     @property
     def context_kind(self) -> str:  # type: ignore[override]
@@ -176,7 +178,7 @@ class MemoryTokenCompressor(Compressor):
             outputs = gather_cache_entries(cache, rows_idx, cols_idx)
         else:
             hidden = out.last_hidden_state[rows_idx, cols_idx]
-            if self.config.soft_prompt_scale == "embedding_norm":
+            if self.embedding_norm is not None:
                 norm = hidden.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
                 hidden = (hidden * (self.embedding_norm / norm)).to(hidden.dtype)
             outputs = (hidden,)

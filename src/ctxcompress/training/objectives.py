@@ -65,12 +65,6 @@ def qa_example(comp: Compressor, context: str, question: str, answer: str) -> Tr
     )
 
 
-def _head_ids(comp: Compressor) -> list[int]:
-    """BOS (if used) + the context prefix: what every tokenized context starts with."""
-    head = [comp.tokenizer.bos_token_id] if comp.config.add_bos else []
-    return [t for t in head if t is not None] + _text_ids(comp, comp.config.context_prefix)
-
-
 def document_windows(comp: Compressor, text: str, size: int) -> Iterator[list[int]]:
     """A document's token ids cut into consecutive windows of ``size`` tokens (the last may
     be shorter), so that long documents (whole papers) feed the length-filtered objectives
@@ -94,7 +88,7 @@ def continuation_example(
         return None
     half = len(ids) // 2
     return TrainExample(
-        context_ids=tuple(_head_ids(comp) + ids[:half]),
+        context_ids=tuple(comp.prefix_ids() + ids[:half]),
         prompt_ids=(),
         target_ids=(*ids[half:], _eos(comp)),
     )
@@ -105,7 +99,7 @@ def autoencoding_example(comp: Compressor, text: str | Sequence[int]) -> TrainEx
     if isinstance(text, str):
         context, ids = comp.context_ids(text), _text_ids(comp, text)
     else:
-        context, ids = _head_ids(comp) + list(text), list(text)
+        context, ids = comp.prefix_ids() + list(text), list(text)
     return TrainExample(
         context_ids=tuple(context),
         prompt_ids=(),

@@ -228,8 +228,14 @@ class Trainer:
     # Settings that may change between a run and its resumption: the length of the run and
     # its bookkeeping. Anything else (method, data, optimiser, ...) would silently mix two runs.
     RESUMABLE_CHANGES = frozenset(
-        {"output_dir", "resume", "train.steps", "train.save_every", "train.log_every"}
-        | {"train.keep_checkpoints"}
+        {
+            "output_dir",
+            "resume",
+            "train.steps",
+            "train.save_every",
+            "train.log_every",
+            "train.keep_checkpoints",
+        }
     )
 
     def _check_same_run(self, checkpoint: Path) -> None:
