@@ -138,3 +138,43 @@ def test_eval_and_report_commands(tmp_path):
     assert (tmp_path / "plot.png").is_file()
     bad = runner.invoke(app, ["eval", "--data", "nope:x", "--base-model", "tiny"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_gold_position_breakdown_tables():
+    from ctxcompress.evaluation import Prediction, breakdown_table, markdown_tables
+
+    def result(name, f1s_by_position):
+        preds = [
+            Prediction(
+                id=f"{pos}-{i}",
+                question="q",
+                prediction="a",
+                golds=["a"],
+                scores={"em": 0.0, "f1": f1, "sac_em": 0.0, "sac_f1": f1},
+                meta={"gold_position": pos},
+            )
+            for pos, f1s in f1s_by_position.items()
+            for i, f1 in enumerate(f1s)
+        ]
+        overall = {"em": 0.0, "f1": 0.5, "sac_em": 0.0, "sac_f1": 0.5, "n": len(preds)}
+        overall |= {"compressed_length": 10.0, "original_length": 40.0}
+        return EvalResult(name, 4.0, "qa", preds, overall)
+
+    a = result("a", {0: [1.0, 0.0], 2: [0.25]})
+    b = result("b", {2: [0.5]})
+    table = breakdown_table([a, b], "gold_position")
+    assert table.splitlines() == [
+        "| system | gold_position=0 | gold_position=2 |",
+        "|---|---|---|",
+        "| a | 50.0 (n=2) | 25.0 (n=1) |",
+        "| b | - | 50.0 (n=1) |",
+    ]
+    assert markdown_tables([a, b]) == (
+        markdown_table([a, b])
+        + "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
+        + table
+    )
+    a.predictions[0].meta.clear()  # one prediction without a position: no breakdown
+    assert markdown_tables([a, b]) == markdown_table([a, b])
+    with pytest.raises(cc.InvalidInputError, match="records 'subset_name'"):
+        breakdown_table([b], "subset_name")

@@ -48,9 +48,8 @@ import ctxcompress as cc
 from ctxcompress.data import load_qa
 from ctxcompress.evaluation import (
     EvalResult,
-    breakdown_table,
     evaluate,
-    markdown_table,
+    markdown_tables,
 )
 from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, parse_config
@@ -258,10 +257,7 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         result.save(path)
         results.append(result)
         del comp
-    table = markdown_table(results)
-    if spec["data_options"].get("num_distractors"):
-        table += "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
-        table += breakdown_table(results, "gold_position")
+    table = markdown_tables(results)
     (out / "table.md").write_text(table + "\n")
     plot_curves(
         load_json(out / "curves.json", {}),

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from ctxcompress.evaluation import (
     EvalResult,
-    breakdown_table,
-    markdown_table,
+    markdown_tables,
     plot_quality_vs_ratio,
 )
 
@@ -51,10 +50,7 @@ def main() -> None:
         parts.append(
             f"NQ-open oracle test split, first {results[0].overall['n']} items; scores in %.\n"
         )
-        parts.append(markdown_table(results) + "\n")
-        if all("gold_position" in p.meta for r in results for p in r.predictions):
-            parts.append("F1 (%) by the gold passage's position in the context (0 = first):\n")
-            parts.append(breakdown_table(results, "gold_position") + "\n")
+        parts.append(markdown_tables(results) + "\n")
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)} (rerun the command to resume).\n")
         plot = args.out.parent / "results" / f"quality_{setting}.png"

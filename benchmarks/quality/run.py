@@ -32,9 +32,9 @@ import ctxcompress as cc
 from ctxcompress.data import load_qa
 from ctxcompress.evaluation import (
     EvalResult,
-    breakdown_table,
     evaluate,
     markdown_table,
+    markdown_tables,
     plot_quality_vs_ratio,
 )
 from ctxcompress.methods import TRAINABLE_METHODS
@@ -104,10 +104,7 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         results.append(result)
         result.save(path)
         del comp
-    table = markdown_table(results)
-    if spec["data_options"].get("num_distractors"):
-        table += "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
-        table += breakdown_table(results, "gold_position")
+    table = markdown_tables(results)
     (out / "table.md").write_text(table + "\n")
     plot_quality_vs_ratio(
         [r for r in results if not r.method.startswith("no_context")],

@@ -1,7 +1,14 @@
 """Evaluation: metrics (both conventions, ROUGE), the runner, tables and plots."""
 
 from .report import plot_quality_vs_ratio
-from .runner import EvalResult, Prediction, breakdown_table, evaluate, markdown_table
+from .runner import (
+    EvalResult,
+    Prediction,
+    breakdown_table,
+    evaluate,
+    markdown_table,
+    markdown_tables,
+)
 
 __all__ = [
     "EvalResult",
@@ -9,5 +16,6 @@ __all__ = [
     "breakdown_table",
     "evaluate",
     "markdown_table",
+    "markdown_tables",
     "plot_quality_vs_ratio",
 ]

@@ -221,6 +221,16 @@ def breakdown_table(results: Sequence[EvalResult], key: str, metric: str = "f1")
     return "\n".join(lines)
 
 
+def markdown_tables(results: Sequence[EvalResult]) -> str:
+    """:func:`markdown_table`, followed by F1 by gold-passage position when every prediction
+    records one (multi-passage contexts)."""
+    text = markdown_table(results)
+    if all("gold_position" in p.meta for r in results for p in r.predictions):
+        text += "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
+        text += breakdown_table(results, "gold_position")
+    return text
+
+
 def subset_table(result: EvalResult) -> str:
     """One row per subset (MRQA's six in-domain or out-of-domain sets) plus the macro average."""
     columns = SUMMARY_COLUMNS if result.task == "summarization" else QA_COLUMNS
