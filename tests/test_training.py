@@ -228,12 +228,20 @@ def test_resume_after_a_crash_equals_one_run(qa_file, tmp_path):
     one.run()
     first = Trainer(config("sac", qa_file, tmp_path / "two"))
     first.run(until_step=4)  # "crash" after the step-4 checkpoint
+    seconds_at_4 = (first.train_seconds, first.train_cpu_seconds)
+    assert min(seconds_at_4) > 0
     del first
     ckpts = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert ckpts == ["step-000004"]
     second = Trainer(config("sac", qa_file, tmp_path / "two"))
     assert second.step == 4
+    # The training clock resumes from the checkpoint: totals cover the whole run.
+    assert (second.train_seconds, second.train_cpu_seconds) == seconds_at_4
     second.run()
+    assert second.train_seconds > seconds_at_4[0]
+    assert second.train_cpu_seconds > seconds_at_4[1]
+    last = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 8 and last["train_seconds"] == second.train_seconds
     a, b = params(one.compressor), params(second.compressor)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)

@@ -174,6 +174,11 @@ class Trainer:
         self.scheduler = make(optimizer, num_warmup_steps=self.loop.warmup_steps, **extra)
         self.model, self.optimizer = acc.prepare(comp, optimizer)
         self.step = 0
+        # Time spent in optimisation steps up to ``self.step``, kept in checkpoints so a
+        # resumed run reports the total: wall seconds, and this process's CPU seconds
+        # (all threads; unlike wall time it does not count while the job is paused).
+        self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self._resume()
 
     # ------------------------------------------------------------------ setup helpers
@@ -223,6 +228,8 @@ class Trainer:
             ckpt.restore_rng(load_file(str(rank_rng)))
         ckpt.restore_python_rng(state["python_rng"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
         self._log(f"resumed from {path} at step {self.step}")
 
     # Settings that may change between a run and its resumption: the length of the run and
@@ -346,11 +353,16 @@ class Trainer:
         started, tokens_seen = time.perf_counter(), 0
         last: dict[str, Any] = {}
         while self.step < end:
+            wall, cpu = time.perf_counter(), time.process_time()
             last = self.train_step()
+            self.train_seconds += time.perf_counter() - wall
+            self.train_cpu_seconds += time.process_time() - cpu
             tokens_seen += last["tokens"]
             elapsed = time.perf_counter() - started
             last["tokens_per_s"] = tokens_seen / max(elapsed, 1e-9)
             last["elapsed_s"] = elapsed
+            last["train_seconds"] = self.train_seconds
+            last["train_cpu_seconds"] = self.train_cpu_seconds
             bar.update(1)
             bar.set_postfix(
                 loss=f"{last['loss']:.3f}",
@@ -399,6 +411,8 @@ class Trainer:
                 "sampler": self.sampler.state_dict(),
                 "python_rng": ckpt.python_rng_state(),
                 "world_size": acc.num_processes,
+                "train_seconds": self.train_seconds,
+                "train_cpu_seconds": self.train_cpu_seconds,
             }
             ckpt.write_json(tmp / ckpt.STATE_FILE, state)  # written last: marks completeness
             if target.exists():
