@@ -174,7 +174,33 @@ def test_gold_position_breakdown_tables():
         + "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
         + table
     )
+    # Single passages (gold always first): a one-column breakdown would say nothing.
+    assert markdown_tables([b]) == markdown_table([b])
     a.predictions[0].meta.clear()  # one prediction without a position: no breakdown
     assert markdown_tables([a, b]) == markdown_table([a, b])
+    empty = result("none", {0: [0.0]})
+    empty.overall["compressed_length"] = 0.0  # nothing kept (no context): no ratio to show
+    assert markdown_table([empty]).splitlines()[-1].endswith("| 40 | 0 | - | 1 |")
     with pytest.raises(cc.InvalidInputError, match="records 'subset_name'"):
         breakdown_table([b], "subset_name")
+
+
+def test_replace_section_keeps_the_hand_written_text(tmp_path):
+    from ctxcompress.evaluation import replace_section
+
+    page = tmp_path / "results.md"
+    replace_section(page, "fair", "| a |\n")  # a missing page gets the section
+    assert page.read_text() == "<!-- begin fair -->\n| a |\n<!-- end fair -->\n"
+    page.write_text("# Title\n\nanalysis\n\n" + page.read_text() + "\nafter\n")
+    replace_section(page, "fair", "| b |")
+    replace_section(page, "quality", "q")  # another section is appended, the first kept
+    assert page.read_text() == (
+        "# Title\n\nanalysis\n\n<!-- begin fair -->\n| b |\n<!-- end fair -->\n\nafter\n\n"
+        "<!-- begin quality -->\nq\n<!-- end quality -->\n"
+    )
+    page.write_text("<!-- end fair -->\n<!-- begin fair -->\n")
+    with pytest.raises(ValueError, match="in that order"):
+        replace_section(page, "fair", "x")
+    page.write_text("<!-- begin fair -->\n<!-- end fair -->\n" * 2)
+    with pytest.raises(ValueError, match="more than once"):
+        replace_section(page, "fair", "x")

@@ -50,6 +50,7 @@ from ctxcompress.evaluation import (
     EvalResult,
     evaluate,
     markdown_tables,
+    replace_section,
 )
 from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, parse_config
@@ -84,6 +85,10 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 ZERO_SHOT = ("zs_full_context", "zs_truncation")
 # The order the runs are made in: the upper bound and the strongest baseline first, so a
 # partial run already answers the main question (compressed rows vs. those two).
+DESCRIPTION = {
+    "r4": "ratio 4 on single gold passages (~150 tokens)",
+    "r16": "ratio 16 on 5-passage contexts (gold among 4 distractors, ~620 tokens)",
+}
 RUN_ORDER = (
     "pt_full",
     "trained_truncation",
@@ -301,6 +306,96 @@ def run_setting(setting: str, args) -> list[EvalResult]:
     return results
 
 
+def finished_results(setting: str, args) -> tuple[list[str], list[EvalResult]]:
+    """The systems of ``args.systems`` with a saved test evaluation, in the canonical order."""
+    folder = args.out / setting / "eval"
+    systems = [s for s in (*SYSTEMS, *ZERO_SHOT) if s in args.systems]
+    done = [s for s in systems if (folder / f"{s}.json").is_file()]
+    return done, [EvalResult.load(folder / f"{s}.json") for s in done]
+
+
+def curve_table(curves: dict[str, list[dict]]) -> str:
+    """Dev F1 (%) by QA step, one row per system."""
+    steps = sorted({p["step"] for points in curves.values() for p in points})
+    lines = [
+        "| system | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for system in [s for s in (*SYSTEMS, *ZERO_SHOT) if s in curves]:
+        f1 = {p["step"]: f"{100 * p['f1']:.1f}" for p in curves[system]}
+        lines.append(f"| {system} | " + " | ".join(f1.get(s, "") for s in steps) + " |")
+    return "\n".join(lines)
+
+
+def time_table(times: dict[str, dict], eval_walls: dict[str, float]) -> str:
+    """Minutes per system: training CPU time per stage, training wall time, test-eval wall."""
+    lines = [
+        "| system | stage 1 CPU min | stage 2 CPU min | training wall min | test eval wall min |",
+        "|---|---|---|---|---|",
+    ]
+    for system in (*SYSTEMS, *ZERO_SHOT):
+        if system not in times and f"eval:{system}" not in eval_walls:
+            continue
+        stages = times.get(system, {})
+        cpu = [stages.get(k, {}).get("train_cpu_seconds") for k in ("stage1", "stage2")]
+        wall = sum(v.get("train_seconds", 0.0) for v in stages.values())
+        cells = [f"{c / 60:.1f}" if c is not None else "-" for c in cpu]
+        cells.append(f"{wall / 60:.1f}" if stages else "-")
+        cells.append(f"{eval_walls.get(f'eval:{system}', 0.0) / 60:.1f}")
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(args, page: Path) -> None:
+    """Write what has finished into ``page`` between the ``fair`` markers (trains nothing)."""
+    parts = [
+        f"Produced by `{args.command}` (resumes where it stopped; `--report {page}` "
+        "rewrites this section from what has finished). Machine: "
+        f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}."
+    ]
+    for setting in args.settings:
+        out = args.out / setting
+        parts.append(f"### Setting `{setting}`: {DESCRIPTION[setting]}")
+        done, results = finished_results(setting, args)
+        missing = [s for s in args.systems if s not in done]
+        if results:
+            parts.append(
+                f"NQ-open oracle test split, first {results[0].overall['n']} items; scores in %."
+            )
+            parts.append(markdown_tables(results))
+        if missing:
+            parts.append(f"Not finished yet: {', '.join(missing)}.")
+        curves = load_json(out / "curves.json", {})
+        if curves:
+            plot = page.parent / "results" / f"fair_{setting}.png"
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            plot_curves(curves, plot, f"NQ-open dev (first {args.dev_limit}), {setting}")
+            parts.append(
+                f"Learning curves: dev F1 (first {args.dev_limit} dev items) every "
+                f"{args.curve_every} QA steps, after stage 1. Right: against the CPU time "
+                "of the training steps (both stages, all threads; about twice the wall time "
+                "on 2 threads)."
+            )
+            parts.append(f"![learning curves, {setting}](results/{plot.name})")
+            parts.append(curve_table(curves))
+        times = load_json(out / "train_seconds.json", {})
+        walls = load_json(out / "wall_seconds.json", {})
+        if times or walls:
+            parts.append("Time per system (this machine, all sessions together):")
+            parts.append(time_table(times, walls))
+            cpu = sum(v["train_cpu_seconds"] for t in times.values() for v in t.values())
+            wall = sum(v["train_seconds"] for t in times.values() for v in t.values())
+            wall += sum(walls.values())
+            parts.append(
+                f"Total: {cpu / 3600:.1f} CPU hours of training; {wall / 3600:.1f} hours "
+                "of wall time for training and test evaluation (dev-curve evaluations not "
+                "included)."
+            )
+        parts.append(f"Every prediction: `benchmarks/fair/results/{setting}/eval/*.json`.")
+    replace_section(page, "fair", "\n\n".join(parts))
+    print(f"written {page}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "fair" / "results")
@@ -315,16 +410,29 @@ def main() -> None:
     parser.add_argument("--curve-every", type=int, default=50)
     parser.add_argument("--dev-limit", type=int, default=50)
     parser.add_argument("--eval-limit", type=int, default=100)
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="PAGE",
+        help="train nothing: write what has finished into PAGE (e.g. docs/results.md) "
+        "between its <!-- begin fair --> / <!-- end fair --> markers",
+    )
     args = parser.parse_args()
+    args.settings = [s for s in args.settings.split(",") if s]
+    if unknown := [s for s in args.settings if s not in SETTINGS]:
+        parser.error(f"unknown settings {unknown}; known: {list(SETTINGS)}")
     args.systems = list(dict.fromkeys(s for s in args.systems.split(",") if s))
     unknown = [s for s in args.systems if s not in SYSTEMS and s not in ZERO_SHOT]
     if unknown:
         parser.error(f"unknown systems {unknown}; known: {[*SYSTEMS, *ZERO_SHOT]}")
-    command = "python benchmarks/fair/run.py " + " ".join(
+    args.command = "python benchmarks/fair/run.py " + " ".join(
         f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if k != "out"
+        if k not in ("out", "report")
     )
+    if args.report:
+        write_report(args, args.report)
+        return
     summary_path = args.out / "summary.json"
     summary = load_json(summary_path, {"settings": {}})
     summary["machine"] = {
@@ -332,10 +440,10 @@ def main() -> None:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-    for setting in args.settings.split(","):
+    for setting in args.settings:
         results = run_setting(setting, args)
         summary["settings"][setting] = {
-            "command": command,
+            "command": args.command,
             "table": (args.out / setting / "table.md").read_text(),
             "overall": {r.method: r.overall for r in results},
             "eval_wall_seconds": load_json(args.out / setting / "wall_seconds.json", {}),

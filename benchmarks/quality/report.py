@@ -1,6 +1,9 @@
-"""Write docs/results.md from the quality benchmark's results folder (complete or partial).
+"""Write the quality benchmark's tables (complete or partial) into docs/results.md.
 
 python benchmarks/quality/report.py --results benchmarks/quality/results --out docs/results.md
+
+Only the part between ``<!-- begin quality -->`` and ``<!-- end quality -->`` is rewritten;
+the analysis around it is kept.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from ctxcompress.evaluation import (
     EvalResult,
     markdown_tables,
     plot_quality_vs_ratio,
+    replace_section,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,23 +31,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/quality/results")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results.md")
-    parser.add_argument(
-        "--intro",
-        type=Path,
-        default=None,
-        help="Markdown to put before the tables (analysis, notes).",
-    )
     args = parser.parse_args()
-    parts = ["# Results\n"]
-    if args.intro and args.intro.is_file():
-        parts.append(args.intro.read_text().strip() + "\n")
+    parts = []
     settings = [p.name for p in args.results.iterdir() if p.is_dir()]
     for setting in sorted(settings, key=lambda n: (len(n), n)):  # r4 before r16
         folder = args.results / setting
         files = {p.stem: p for p in (folder / "eval").glob("*.json")}
         results = [EvalResult.load(files[m]) for m in ORDER if m in files]
         missing = [m for m in ORDER if m not in files]
-        parts.append(f"## Setting `{setting}`: {DESCRIPTION.get(setting, setting)}\n")
+        parts.append(f"### Setting `{setting}`: {DESCRIPTION.get(setting, setting)}\n")
         if not results:
             parts.append("No finished evaluation yet.\n")
             continue
@@ -71,7 +67,7 @@ def main() -> None:
                 f"Wall time (all sessions, this machine): {total / 60:.0f} min in total ({rows}).\n"
             )
         parts.append(f"Every prediction: `benchmarks/quality/results/{setting}/eval/*.json`.\n")
-    args.out.write_text("\n".join(parts))
+    replace_section(args.out, "quality", "\n".join(parts))
     print(f"written {args.out}")
 
 

@@ -1,6 +1,6 @@
 """Evaluation: metrics (both conventions, ROUGE), the runner, tables and plots."""
 
-from .report import plot_quality_vs_ratio
+from .report import plot_quality_vs_ratio, replace_section
 from .runner import (
     EvalResult,
     Prediction,
@@ -18,4 +18,5 @@ __all__ = [
     "markdown_table",
     "markdown_tables",
     "plot_quality_vs_ratio",
+    "replace_section",
 ]

@@ -63,3 +63,28 @@ def plot_quality_vs_ratio(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def replace_section(path: str | Path, name: str, markdown: str) -> None:
+    """Put generated ``markdown`` between ``<!-- begin NAME -->`` / ``<!-- end NAME -->``.
+
+    Benchmark reports regenerate only their own marked part of a hand-written page, so the
+    analysis around it survives. A page without the markers gets the section appended. The
+    file is replaced atomically.
+    """
+    path = Path(path)
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    text = path.read_text() if path.is_file() else ""
+    if text.count(begin) > 1 or text.count(end) > 1:
+        raise ValueError(f"{path} has the '{name}' markers more than once; keep one pair")
+    if (begin in text) != (end in text) or (begin in text and text.index(begin) > text.index(end)):
+        raise ValueError(f"{path}: '{begin}' and '{end}' must both be there, in that order")
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

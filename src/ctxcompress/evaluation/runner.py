@@ -195,7 +195,7 @@ def markdown_table(results: Sequence[EvalResult]) -> str:
             *[f"{100 * o[k]:.1f}" for k, _ in columns],
             f"{o['original_length']:.0f}",
             f"{o['compressed_length']:.0f}",
-            f"{r.ratio:.1f}x",
+            f"{r.ratio:.1f}x" if o["compressed_length"] > 0 else "-",  # nothing kept
             str(o["n"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -223,9 +223,13 @@ def breakdown_table(results: Sequence[EvalResult], key: str, metric: str = "f1")
 
 def markdown_tables(results: Sequence[EvalResult]) -> str:
     """:func:`markdown_table`, followed by F1 by gold-passage position when every prediction
-    records one (multi-passage contexts)."""
+    records one and the gold passage is not always at the same place (multi-passage
+    contexts)."""
     text = markdown_table(results)
-    if all("gold_position" in p.meta for r in results for p in r.predictions):
+    predictions = [p for r in results for p in r.predictions]
+    if all("gold_position" in p.meta for p in predictions) and (
+        len({p.meta["gold_position"] for p in predictions}) > 1
+    ):
         text += "\n\nF1 (%) by the gold passage's position in the context (0 = first):\n\n"
         text += breakdown_table(results, "gold_position")
     return text
