@@ -29,18 +29,18 @@ demo: venv
 	$(VENV)/bin/ctxcompress demo
 
 test: venv
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests benchmarks
 	@# pytest exits 5 when it collected no tests: that is a failure, not a pass.
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests" >&2; exit 1; fi; exit $$rc
 
 lint: venv
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 
 format: venv
-	$(PY) -m ruff format src tests
-	$(PY) -m ruff check --fix src tests
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
