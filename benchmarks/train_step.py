@@ -31,6 +31,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--methods", default=",".join(TRAINABLE_METHODS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every method, e.g. --set train.mixed_precision=bf16",
+    )
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
     rows = []
@@ -44,6 +51,7 @@ def main() -> None:
                     f"train.steps={args.steps + 1}",
                     "train.save_every=100000",
                     "train.log_every=1",
+                    *args.set,
                 ],
             )
             times: list[float] = []
@@ -70,6 +78,7 @@ def main() -> None:
                     t / d for t, d in zip(tokens, times, strict=True)
                 ),
                 "steps_timed": len(times),
+                "overrides": args.set,
             }
         )
         print(f"{method}: {s:.2f} s/step", flush=True)
