@@ -1,0 +1,107 @@
+"""The benchmark scripts' report step: it writes what has finished into its own marked
+section of a docs page and leaves the rest of the page alone (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ctxcompress.evaluation import EvalResult, Prediction
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    spec = importlib.util.spec_from_file_location(relative.replace("/", "_"), ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_result(label: str, f1: float, positions=(0,)) -> EvalResult:
+    preds = [
+        Prediction(
+            id=str(i),
+            question="q",
+            prediction="a",
+            golds=["a"],
+            scores={"em": 0.0, "f1": f1, "sac_em": 0.0, "sac_f1": f1},
+            meta={"gold_position": pos},
+        )
+        for i, pos in enumerate(positions)
+    ]
+    overall = {"em": 0.0, "f1": f1, "sac_em": 0.0, "sac_f1": f1, "n": len(preds)}
+    overall |= {"original_length": 40.0, "compressed_length": 10.0}
+    return EvalResult(label, 4.0, "qa", preds, overall)
+
+
+def test_fair_report_writes_partial_results_into_its_section(tmp_path):
+    fair = load_script("benchmarks/fair/run.py")
+    out = tmp_path / "results" / "r4"
+    fake_result("pt_full@4x", 0.25).save(out / "eval" / "pt_full.json")
+    fake_result("sac@4x", 0.125).save(out / "eval" / "sac.json")
+    curves = {
+        "sac": [{"step": 0, "f1": 0.1, "em": 0.0, "train_seconds": 60, "train_cpu_seconds": 120}],
+        "pt_full": [
+            {"step": 0, "f1": 0.2, "em": 0.0, "train_seconds": 30, "train_cpu_seconds": 60},
+            {"step": 50, "f1": 0.3, "em": 0.0, "train_seconds": 90, "train_cpu_seconds": 180},
+        ],
+    }
+    (out / "curves.json").write_text(json.dumps(curves))
+    clock = {"train_seconds": 60.0, "train_cpu_seconds": 120.0}
+    times = {"sac": {"stage1": clock, "stage2": clock}}
+    (out / "train_seconds.json").write_text(json.dumps(times))
+    (out / "wall_seconds.json").write_text(json.dumps({"eval:sac": 30.0, "dev:sac": 6.0}))
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nour analysis\n\n<!-- begin fair -->\nstale text\n")
+    page.write_text(page.read_text() + "<!-- end fair -->\n")
+
+    args = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "fair" / "run.py"),
+        "--out",
+        str(tmp_path / "results"),
+        "--settings",
+        "r4",
+        "--report",
+        str(page),
+    ]
+    subprocess.run(args, check=True, capture_output=True, cwd=tmp_path)
+    text = page.read_text()
+    assert text.startswith("# Results\n\nour analysis\n\n<!-- begin fair -->\n")
+    assert "stale text" not in text and text.endswith("<!-- end fair -->\n")
+    # The table keeps the canonical order (compressors first), whatever finished first.
+    assert text.index("| sac@4x | 0.0 | 12.5 |") < text.index("| pt_full@4x | 0.0 | 25.0 |")
+    assert "gold_position=0" not in text  # one position only: no breakdown
+    assert "Not finished yet: trained_truncation, pic, epl, 500x, icae," in text
+    assert "| pt_full | 20.0 | 30.0 |" in fair.curve_table(curves) and "| sac | 10.0 |" in text
+    assert "| sac | 2.0 | 2.0 | 2.0 | 0.1 | 0.5 |" in text
+    assert "Total: 0.1 CPU hours of training" in text
+    assert (tmp_path / "results" / "fair_r4.png").is_file()  # beside the page, under results/
+
+    bad = subprocess.run([*args[:5], "r99", *args[6:]], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown settings ['r99']" in bad.stderr
+
+
+def test_quality_report_keeps_the_text_around_its_section(tmp_path):
+    results = tmp_path / "results"
+    fake_result("sac@4x", 0.5).save(results / "r4" / "eval" / "sac.json")
+    fake_result("epl@16x", 0.25, positions=(0, 1)).save(results / "r16" / "eval" / "epl.json")
+    (results / "r4" / "wall_seconds.json").write_text(json.dumps({"train:sac": 120.0}))
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text("intro\n<!-- begin quality -->\n<!-- end quality -->\noutro\n")
+    script = ROOT / "benchmarks" / "quality" / "report.py"
+    command = [sys.executable, str(script), "--results", str(results), "--out", str(page)]
+    subprocess.run(command, check=True, capture_output=True)
+    text = page.read_text()
+    assert text.startswith("intro\n<!-- begin quality -->\n### Setting `r4`")
+    assert text.endswith("<!-- end quality -->\noutro\n")
+    assert text.index("### Setting `r4`") < text.index("### Setting `r16`")  # r4 first
+    assert "| sac@4x | 0.0 | 50.0 |" in text and "train:sac: 2.0 min" in text
+    assert "| epl@16x | 25.0 (n=1) | 25.0 (n=1) |" in text  # F1 by gold position at r16
+    assert "Not finished yet: pic, icae, 500x, epl, truncation" in text
+    assert (page.parent / "results" / "quality_r4.png").is_file()
