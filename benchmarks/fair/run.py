@@ -83,12 +83,12 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     "pt_none": {"method": "prompt_tuned", "options": {**PROMPT, "context": "none"}},
 }
 ZERO_SHOT = ("zs_full_context", "zs_truncation")
-# The order the runs are made in: the upper bound and the strongest baseline first, so a
-# partial run already answers the main question (compressed rows vs. those two).
 DESCRIPTION = {
     "r4": "ratio 4 on single gold passages (~150 tokens)",
     "r16": "ratio 16 on 5-passage contexts (gold among 4 distractors, ~620 tokens)",
 }
+# The order the runs are made in: the upper bound and the strongest baseline first, so a
+# partial run already answers the main question (compressed rows vs. those two).
 RUN_ORDER = (
     "pt_full",
     "trained_truncation",
@@ -276,11 +276,9 @@ def run_setting(setting: str, args) -> list[EvalResult]:
     out.mkdir(parents=True, exist_ok=True)
     dev = load_qa("nq-oracle:dev", limit=args.dev_limit, **spec["data_options"])
     test = load_qa("nq-oracle:test", limit=args.eval_limit, **spec["data_options"])
-    results = []
     for system in args.systems:
         path = out / "eval" / f"{system}.json"
         if path.is_file():
-            results.append(EvalResult.load(path))
             continue
         if system in SYSTEMS:
             comp = train_system(system, setting, args, out, dev)
@@ -293,11 +291,8 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         add_seconds(out / "wall_seconds.json", f"eval:{system}", time.perf_counter() - start)
         result.info["setting"] = setting
         result.save(path)
-        results.append(result)
         del comp
-    canonical = [*SYSTEMS, *ZERO_SHOT]
-    order = sorted(range(len(results)), key=lambda i: canonical.index(args.systems[i]))
-    results = [results[i] for i in order]
+    _, results = finished_results(setting, args)  # every system, in the canonical order
     table = markdown_tables(results)
     (out / "table.md").write_text(table + "\n")
     plot_curves(
