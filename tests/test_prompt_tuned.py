@@ -77,13 +77,15 @@ def test_training_reaches_only_the_soft_prompt():
     assert all(p.grad is None for p in comp.lm.parameters())
 
 
-def test_trained_truncation_encodes_the_kept_tokens_with_its_lora():
+@pytest.mark.parametrize("context,hard", [("truncation", "truncation"), ("full", "full_context")])
+def test_trained_truncation_encodes_the_kept_tokens_with_its_lora(context, hard):
+    """Trained truncation, and trained full context (the fair benchmark's upper bound)."""
     base = tiny_model()
-    comp = build(base, context="truncation", lora_rank=4, lora_alpha=8)
+    comp = build(base, context=context, lora_rank=4, lora_alpha=8)
     randomize_trainables(comp)
     assert any("lora_" in name for name in comp.trainable_parameters())
     ctx = comp.compress(TEXT * 6)
-    frozen = cc.build_compressor("truncation", tiny_model(), ratio=4).compress(TEXT * 6)
+    frozen = cc.build_compressor(hard, tiny_model(), ratio=4).compress(TEXT * 6)
     assert ctx.compressed_length == frozen.compressed_length
     assert not torch.allclose(ctx.keys, frozen.keys)  # the encoder is the LoRA model
     # The decoder is still the frozen base.
