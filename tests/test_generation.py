@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ctxcompress.generation import greedy_generate
+from ctxcompress.models import cache_kwargs
 from ctxcompress.testing import tiny_model
 from tests.conftest import TEXT, make_sac, randomize_trainables
 
@@ -124,10 +125,10 @@ def test_reserved_cache_decodes_exactly_like_a_dynamic_cache(arch):
     steps = torch.randint(5, 100, (3, 6))
 
     def run(cache):
-        outs = [model(input_ids=prompt, past_key_values=cache, use_cache=True).logits]
+        outs = [model(input_ids=prompt, **cache_kwargs(cache), use_cache=True).logits]
         for t in range(steps.shape[1]):
             outs.append(
-                model(input_ids=steps[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+                model(input_ids=steps[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits
             )
         return outs, cache
 
@@ -144,7 +145,7 @@ def test_reserved_cache_decodes_exactly_like_a_dynamic_cache(arch):
     # A cache with a prefix keeps it.
     with torch.inference_mode():
         prefilled = DynamicCache(config=model.config)
-        model(input_ids=prompt, past_key_values=prefilled, use_cache=True)
+        model(input_ids=prompt, **cache_kwargs(prefilled), use_cache=True)
         keys = prefilled.layers[1].keys.clone()
         reserved = reserve_cache(prefilled, model, capacity=20)
     torch.testing.assert_close(reserved.layers[1].keys, keys)
@@ -166,7 +167,7 @@ def test_shared_prefix_attention_equals_one_copy_per_row(sac):
             inputs_embeds=copies.inputs_embeds,
             position_ids=copies.position_ids,
             attention_mask=copies.attention_mask,
-            past_key_values=copies.cache,
+            **cache_kwargs(copies.cache),
         ).logits
         own = build_decoder_batch(model, [DecoderPrompt(None, r.embeds, r.positions) for r in rows])
         with shared_prefix_attention(model, ctx):

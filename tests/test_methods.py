@@ -7,6 +7,7 @@ import torch
 
 import ctxcompress as cc
 from ctxcompress.methods import TRAINABLE_METHODS
+from ctxcompress.models import output_cache
 from ctxcompress.positions import sac_compressed_length
 from ctxcompress.testing import tiny_model
 from tests.conftest import TEXT, randomize_trainables
@@ -217,7 +218,8 @@ def test_truncation_keeps_exactly_the_budget(mode, r):
     assert ctx.compressed_length == budget and ctx.original_length == 700
     # Its KV is the plain model's KV of exactly those tokens.
     with torch.no_grad():
-        ref = comp.lm(input_ids=torch.tensor([kept]), use_cache=True).past_key_values
+        ref = comp.lm(input_ids=torch.tensor([kept]), use_cache=True)
+        ref = output_cache(ref)
     torch.testing.assert_close(ctx.keys[0], ref.layers[0].keys[0], atol=1e-5, rtol=1e-5)
 
 

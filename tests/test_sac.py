@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import ctxcompress as cc
+from ctxcompress.models import output_cache
 from ctxcompress.testing import tiny_model
 from tests.conftest import TEXT, make_sac, randomize_trainables
 
@@ -72,7 +73,7 @@ def test_r1_causal_no_adapter_equals_full_context(tiny_any, position_start, offs
             position_ids=torch.arange(start, start + len(ctx_ids))[None],
             use_cache=True,
         )
-    full = out.past_key_values
+    full = output_cache(out)
     for layer in range(len(full.layers)):
         torch.testing.assert_close(
             ctx.keys[layer], full.layers[layer].keys[0], atol=1e-5, rtol=1e-5

@@ -24,6 +24,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from .context import CompressedContext
+from .models import cache_kwargs, output_cache
 from .shared_prefix import own_tokens_mask, shared_prefix_attention, supports
 
 
@@ -208,7 +209,7 @@ def greedy_generate(
             inputs_embeds=inputs_embeds,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
             **extra,
         )
@@ -223,7 +224,7 @@ def greedy_generate(
             reserve_cache(batch.cache, model, capacity),
             logits_to_keep=1,
         )
-        positions, cache = batch.next_positions, out.past_key_values
+        positions, cache = batch.next_positions, output_cache(out)
         for step in range(max_new_tokens):
             next_tokens = out.logits[:, -1].argmax(-1)
             is_eos = torch.isin(next_tokens, eos).tolist()
@@ -244,7 +245,7 @@ def greedy_generate(
                 break
             key_valid = torch.cat([key_valid, key_valid.new_ones(rows, 1)], 1)
             out = forward(embed(next_tokens[:, None]), positions[:, None], cache)
-            cache, positions = out.past_key_values, positions + 1
+            cache, positions = output_cache(out), positions + 1
     answers = []
     for row in range(rows):
         text = tokenizer.decode(generated[row], skip_special_tokens=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlamaModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -146,6 +148,24 @@ def max_positions(model: PreTrainedModel) -> int:
     """The number of positions the model was built for (``max_position_embeddings``)."""
     value = getattr(model.config, "max_position_embeddings", None)
     return int(value) if value else 2**31 - 1
+
+
+# transformers 5.2x renamed the KV-cache argument and output field of every model's forward
+# from ``past_key_values`` to ``cache``; the old name warns and goes away in 5.40. Both lie
+# inside ``transformers>=5.0,<6``, so the name is read once from a model class's signature.
+CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else ("past_key_values")
+)
+
+
+def cache_kwargs(cache: Any) -> dict[str, Any]:
+    """``{CACHE_ARG: cache}``: pass a KV cache to a model's forward under this version's name."""
+    return {CACHE_ARG: cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a model's forward returned (``output.cache``, or ``past_key_values``)."""
+    return getattr(output, CACHE_ARG)
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

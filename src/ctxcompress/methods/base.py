@@ -33,7 +33,7 @@ from .. import __version__
 from ..context import CompressedContext
 from ..errors import ContextTooLongError, CorruptFileError, InvalidInputError, ModelLoadError
 from ..generation import DecoderPrompt, build_decoder_batch, greedy_generate
-from ..models import BaseModel, load_base_model, max_positions
+from ..models import BaseModel, cache_kwargs, load_base_model, max_positions
 
 CONFIG_FILE = "ctxcompress.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
@@ -459,7 +459,7 @@ class Compressor(nn.Module):
                 inputs_embeds=batch.inputs_embeds,
                 position_ids=batch.position_ids,
                 attention_mask=batch.attention_mask,
-                past_key_values=batch.cache,
+                **cache_kwargs(batch.cache),
                 use_cache=False,
             )
         return out.last_hidden_state

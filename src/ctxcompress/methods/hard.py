@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from ..context import CompressedContext
 from ..errors import InvalidInputError
+from ..models import cache_kwargs
 from ..positions import chunk_spans, memory_slots
 from .base import Compressor, CompressorConfig
 
@@ -99,7 +100,7 @@ class HardBaseline(Compressor):
             input_ids=ids.to(self.device),
             attention_mask=valid.to(self.device),
             position_ids=positions.to(self.device),
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
         )
         k = torch.stack([layer.keys for layer in cache.layers])  # [layers, B, heads, T, dim]

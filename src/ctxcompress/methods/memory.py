@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from ..context import CompressedContext
 from ..masks import for_backend, memory_mask
-from ..models import BaseModel
+from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, memory_offsets, memory_slots
 from .base import (
     Compressor,
@@ -170,7 +170,7 @@ class MemoryTokenCompressor(Compressor):
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=want_kv,
         )
         rows_idx, cols_idx = is_memory.nonzero(as_tuple=True)  # row-major: document order

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from ..context import CompressedContext
 from ..masks import for_backend, padded_chunk_mask
-from ..models import BaseModel
+from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
 from .base import (
     Compressor,
@@ -150,7 +150,7 @@ class SACCompressor(Compressor):
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
         )
         keys, values = gather_cache_entries(cache, rows, cols)  # [N, layers, heads, dim]
