@@ -76,6 +76,9 @@ def test_fair_report_writes_partial_results_into_its_section(tmp_path):
     # The table keeps the canonical order (compressors first), whatever finished first.
     assert text.index("| sac@4x | 0.0 | 12.5 |") < text.index("| pt_full@4x | 0.0 | 25.0 |")
     assert "gold_position=0" not in text  # one position only: no breakdown
+    # Paired differences from the finished reference (pt_full; trained_truncation not run).
+    assert "| system | F1 [95% CI] | minus pt_full@4x |" in text
+    assert "| sac@4x | 12.5 [12.5, 12.5] | **-12.5 [-12.5, -12.5]** |" in text
     missing = [s for s in fair.RUN_ORDER if s not in ("sac", "pt_full")]
     assert f"Not finished yet: {', '.join(missing)}." in text  # in the order they would run
     assert "| pt_full | 20.0 | 30.0 |" in fair.curve_table(curves) and "| sac | 10.0 |" in text

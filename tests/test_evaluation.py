@@ -136,6 +136,16 @@ def test_eval_and_report_commands(tmp_path):
     result = runner.invoke(app, ["report", *outs, "--out", str(tmp_path / "plot.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plot.png").is_file()
+    # Paired differences from a named row, with bootstrap intervals.
+    paired = runner.invoke(
+        app, ["report", *outs, "-o", str(tmp_path / "p.png"), "--against", "truncation@4x"]
+    )
+    assert paired.exit_code == 0, paired.output
+    assert "| system | F1 [95% CI] | minus truncation@4x |" in paired.output
+    assert "| truncation@4x |" in paired.output and "(reference)" in paired.output
+    unknown = runner.invoke(app, ["report", *outs, "--against", "sac@4x"])
+    assert unknown.exit_code == 2 and "none of the results' labels" in unknown.output
+    assert "Traceback" not in unknown.output
     bad = runner.invoke(app, ["eval", "--data", "nope:x", "--base-model", "tiny"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
 

@@ -51,6 +51,7 @@ import ctxcompress as cc
 from ctxcompress.data import load_qa
 from ctxcompress.evaluation import (
     EvalResult,
+    difference_table,
     evaluate,
     markdown_tables,
     replace_section,
@@ -110,6 +111,9 @@ RUN_ORDER = (
     "pt_none",
     *ZERO_SHOT,
 )
+# The rows every system is compared against, item by item, in the report: the baseline to
+# beat (trained truncation) and the prompt-tuned upper bound.
+DIFFERENCE_REFERENCES = ("trained_truncation", "pt_full")
 STAGE1_TEXTS = (
     {"source": "aclsum:train", "options": {"source": "fulltext"}},
     {"source": "nq-oracle:train", "options": {"context": "long_answer"}},
@@ -374,6 +378,17 @@ def write_report(args, page: Path) -> None:
                 f"NQ-open oracle test split, first {results[0].overall['n']} items; scores in %."
             )
             parts.append(markdown_tables(results))
+            by_system = dict(zip(done, results, strict=True))
+            references = [by_system[s] for s in DIFFERENCE_REFERENCES if s in by_system]
+            if references:
+                names = " and ".join(f"`{r.method}`" for r in references)
+                parts.append(
+                    f"F1 (%) with its 95% bootstrap interval over the test items, and each system "
+                    f"minus {names} on the same items (paired bootstrap, "
+                    "`ctxcompress.evaluation.paired_difference`); **bold**: the interval "
+                    "excludes zero."
+                )
+                parts.append(difference_table(results, references))
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)}.")
         curves = load_json(out / "curves.json", {})

@@ -578,14 +578,31 @@ def report(
         str | None, typer.Option(help="f1, em, sac_f1, sac_em, rouge1, rouge2, rougeL.")
     ] = None,
     title: Annotated[str | None, typer.Option(help="Plot title.")] = None,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A system's label (its 'method' in the table; repeatable): also print every "
+            "system's paired difference from it, with 95% bootstrap intervals over the items."
+        ),
+    ] = None,
 ) -> None:
     """Draw quality against compression ratio for several evaluation runs, and print the table."""
-    from .evaluation import EvalResult, markdown_table, plot_quality_vs_ratio
+    from .evaluation import EvalResult, difference_table, markdown_table, plot_quality_vs_ratio
 
     loaded = [EvalResult.load(p) for p in results]
     if len({r.task for r in loaded}) > 1:
         raise InvalidInputError("mixing QA and summarisation results in one report")
-    console.print(markdown_table(loaded))
+    labels = {r.method: r for r in loaded}
+    if unknown := [a for a in against or [] if a not in labels]:
+        raise InvalidInputError(
+            f"--against {unknown[0]!r} is none of the results' labels: {', '.join(labels)}"
+        )
+    # Markdown tables: one line per row, never wrapped at the terminal's width.
+    console.print(markdown_table(loaded), soft_wrap=True)
+    if against:
+        default = "rougeL" if loaded[0].task == "summarization" else "f1"
+        table = difference_table(loaded, [labels[a] for a in against], metric or default)
+        console.print(table, soft_wrap=True)
     console.print(f"plot: {plot_quality_vs_ratio(loaded, out, metric=metric, title=title)}")
 
 

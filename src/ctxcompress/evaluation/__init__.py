@@ -1,4 +1,5 @@
-"""Evaluation: metrics (both conventions, ROUGE), the runner, tables and plots."""
+"""Evaluation: metrics (both conventions, ROUGE), the runner, tables, bootstrap intervals and
+plots."""
 
 from .report import plot_quality_vs_ratio, replace_section
 from .runner import (
@@ -9,14 +10,19 @@ from .runner import (
     markdown_table,
     markdown_tables,
 )
+from .significance import Interval, difference_table, mean_interval, paired_difference
 
 __all__ = [
     "EvalResult",
+    "Interval",
     "Prediction",
     "breakdown_table",
+    "difference_table",
     "evaluate",
     "markdown_table",
     "markdown_tables",
+    "mean_interval",
+    "paired_difference",
     "plot_quality_vs_ratio",
     "replace_section",
 ]
