@@ -52,7 +52,13 @@ def _scores(result: EvalResult, metric: str) -> dict[str, float]:
 
 def _mean_interval(values: np.ndarray, resamples: int, seed: int) -> Interval:
     """The mean of ``values`` with its percentile-bootstrap interval."""
-    from scipy.stats import bootstrap
+    try:
+        from scipy.stats import bootstrap
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "confidence intervals need scipy: pip install scipy "
+            "(or pip install 'ctxcompress[eval]')"
+        ) from e
 
     point = float(np.mean(values))
     if np.ptp(values) == 0:
