@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ctxcompress.evaluation import (
     EvalResult,
+    difference_table,
     markdown_tables,
     plot_quality_vs_ratio,
     replace_section,
@@ -37,7 +38,8 @@ def main() -> None:
     for setting in sorted(settings, key=lambda n: (len(n), n)):  # r4 before r16
         folder = args.results / setting
         files = {p.stem: p for p in (folder / "eval").glob("*.json")}
-        results = [EvalResult.load(files[m]) for m in ORDER if m in files]
+        by_method = {m: EvalResult.load(files[m]) for m in ORDER if m in files}
+        results = list(by_method.values())
         missing = [m for m in ORDER if m not in files]
         parts.append(f"### Setting `{setting}`: {DESCRIPTION.get(setting, setting)}\n")
         if not results:
@@ -47,6 +49,13 @@ def main() -> None:
             f"NQ-open oracle test split, first {results[0].overall['n']} items; scores in %.\n"
         )
         parts.append(markdown_tables(results) + "\n")
+        if "truncation" in by_method and len(results) > 1:
+            parts.append(
+                "F1 (%) with its 95% bootstrap interval over the test items, and each system "
+                "minus zero-shot truncation on the same items (paired bootstrap); **bold**: "
+                "the interval excludes zero.\n"
+            )
+            parts.append(difference_table(results, [by_method["truncation"]]) + "\n")
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)} (rerun the command to resume).\n")
         plot = args.out.parent / "results" / f"quality_{setting}.png"
