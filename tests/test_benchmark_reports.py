@@ -93,6 +93,7 @@ def test_fair_report_writes_partial_results_into_its_section(tmp_path):
 def test_quality_report_keeps_the_text_around_its_section(tmp_path):
     results = tmp_path / "results"
     fake_result("sac@4x", 0.5).save(results / "r4" / "eval" / "sac.json")
+    fake_result("truncation@4x", 0.25).save(results / "r4" / "eval" / "truncation.json")
     fake_result("epl@16x", 0.25, positions=(0, 1)).save(results / "r16" / "eval" / "epl.json")
     (results / "r4" / "wall_seconds.json").write_text(json.dumps({"train:sac": 120.0}))
     page = tmp_path / "docs" / "results.md"
@@ -107,5 +108,8 @@ def test_quality_report_keeps_the_text_around_its_section(tmp_path):
     assert text.index("### Setting `r4`") < text.index("### Setting `r16`")  # r4 first
     assert "| sac@4x | 0.0 | 50.0 |" in text and "train:sac: 2.0 min" in text
     assert "| epl@16x | 25.0 (n=1) | 25.0 (n=1) |" in text  # F1 by gold position at r16
-    assert "Not finished yet: pic, icae, 500x, epl, truncation" in text
+    assert "Not finished yet: pic, icae, 500x, epl, full_context" in text  # r4
+    # Paired differences from zero-shot truncation where it finished (r4), not at r16.
+    assert "| sac@4x | 50.0 [50.0, 50.0] | **+25.0 [25.0, 25.0]** |" in text
+    assert text.count("minus truncation") == 1
     assert (page.parent / "results" / "quality_r4.png").is_file()
