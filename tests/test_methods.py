@@ -218,8 +218,7 @@ def test_truncation_keeps_exactly_the_budget(mode, r):
     assert ctx.compressed_length == budget and ctx.original_length == 700
     # Its KV is the plain model's KV of exactly those tokens.
     with torch.no_grad():
-        ref = comp.lm(input_ids=torch.tensor([kept]), use_cache=True)
-        ref = output_cache(ref)
+        ref = output_cache(comp.lm(input_ids=torch.tensor([kept]), use_cache=True))
     torch.testing.assert_close(ctx.keys[0], ref.layers[0].keys[0], atol=1e-5, rtol=1e-5)
 
 

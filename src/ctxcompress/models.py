@@ -9,6 +9,7 @@ Nothing here downloads anything unless the user passes a hub id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -24,7 +25,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -152,20 +152,25 @@ def max_positions(model: PreTrainedModel) -> int:
 
 # transformers 5.2x renamed the KV-cache argument and output field of every model's forward
 # from ``past_key_values`` to ``cache``; the old name warns and goes away in 5.40. Both lie
-# inside ``transformers>=5.0,<6``, so the name is read once from a model class's signature.
-CACHE_ARG = (
-    "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else ("past_key_values")
-)
+# inside ``transformers>=5.0,<6``, so the name is read from a model class's signature, once
+# and on first use (importing a modeling module is not start-up work).
+@functools.cache
+def cache_arg() -> str:
+    """``"cache"`` or ``"past_key_values"``: the installed transformers' name for the KV cache."""
+    from transformers import LlamaModel
+
+    parameters = inspect.signature(LlamaModel.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def cache_kwargs(cache: Any) -> dict[str, Any]:
-    """``{CACHE_ARG: cache}``: pass a KV cache to a model's forward under this version's name."""
-    return {CACHE_ARG: cache}
+    """``{cache_arg(): cache}``: pass a KV cache to a model's forward under this version's name."""
+    return {cache_arg(): cache}
 
 
 def output_cache(output: Any) -> Any:
     """The KV cache a model's forward returned (``output.cache``, or ``past_key_values``)."""
-    return getattr(output, CACHE_ARG)
+    return getattr(output, cache_arg())
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
