@@ -51,6 +51,7 @@ import ctxcompress as cc
 from ctxcompress.data import load_qa
 from ctxcompress.evaluation import (
     EvalResult,
+    difference_legend,
     difference_table,
     evaluate,
     markdown_tables,
@@ -381,13 +382,7 @@ def write_report(args, page: Path) -> None:
             by_system = dict(zip(done, results, strict=True))
             references = [by_system[s] for s in DIFFERENCE_REFERENCES if s in by_system]
             if references:
-                names = " and ".join(f"`{r.method}`" for r in references)
-                parts.append(
-                    f"F1 (%) with its 95% bootstrap interval over the test items, and each system "
-                    f"minus {names} on the same items (paired bootstrap, "
-                    "`ctxcompress.evaluation.paired_difference`); **bold**: the interval "
-                    "excludes zero."
-                )
+                parts.append(difference_legend(references))
                 parts.append(difference_table(results, references))
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)}.")

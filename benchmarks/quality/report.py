@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ctxcompress.evaluation import (
     EvalResult,
+    difference_legend,
     difference_table,
     markdown_tables,
     plot_quality_vs_ratio,
@@ -50,12 +51,9 @@ def main() -> None:
         )
         parts.append(markdown_tables(results) + "\n")
         if "truncation" in by_method and len(results) > 1:
-            parts.append(
-                "F1 (%) with its 95% bootstrap interval over the test items, and each system "
-                "minus zero-shot truncation on the same items (paired bootstrap); **bold**: "
-                "the interval excludes zero.\n"
-            )
-            parts.append(difference_table(results, [by_method["truncation"]]) + "\n")
+            references = [by_method["truncation"]]
+            parts.append(difference_legend(references) + "\n")
+            parts.append(difference_table(results, references) + "\n")
         if missing:
             parts.append(f"Not finished yet: {', '.join(missing)} (rerun the command to resume).\n")
         plot = args.out.parent / "results" / f"quality_{setting}.png"

@@ -10,13 +10,20 @@ from .runner import (
     markdown_table,
     markdown_tables,
 )
-from .significance import Interval, difference_table, mean_interval, paired_difference
+from .significance import (
+    Interval,
+    difference_legend,
+    difference_table,
+    mean_interval,
+    paired_difference,
+)
 
 __all__ = [
     "EvalResult",
     "Interval",
     "Prediction",
     "breakdown_table",
+    "difference_legend",
     "difference_table",
     "evaluate",
     "markdown_table",

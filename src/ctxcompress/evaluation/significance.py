@@ -110,17 +110,31 @@ def paired_difference(
     return _mean_interval(differences, resamples, seed)
 
 
+def _metric_name(metric: str) -> str:
+    return dict(QA_COLUMNS + SUMMARY_COLUMNS).get(metric, metric)
+
+
+def difference_legend(references: Sequence[EvalResult], metric: str = "f1") -> str:
+    """The sentence that says how to read :func:`difference_table` (for a report page)."""
+    names = " and ".join(f"`{r.method}`" for r in references)
+    return (
+        f"{_metric_name(metric)} (%) with its 95% bootstrap interval over the test items, and "
+        f"each system minus {names} on the same items (paired bootstrap, "
+        "`ctxcompress.evaluation.paired_difference`); **bold**: the interval excludes zero."
+    )
+
+
 def difference_table(
     results: Sequence[EvalResult],
     references: Sequence[EvalResult],
     metric: str = "f1",
 ) -> str:
-    """One row per system: ``metric`` (in %) with its 95% interval, then a column per reference with
-    the paired difference from it and its interval, in **bold** where the interval excludes
-    zero (the gap is larger than the items' sampling noise)."""
+    """One row per system: ``metric`` (in %) with its 95% interval, then a column per reference
+    with the paired difference from it and its interval, in **bold** where the interval
+    excludes zero (the gap is larger than the items' sampling noise)."""
     if not references:
         raise InvalidInputError("difference_table needs at least one reference result")
-    name = dict(QA_COLUMNS + SUMMARY_COLUMNS).get(metric, metric)
+    name = _metric_name(metric)
     head = ["system", f"{name} [95% CI]", *[f"minus {r.method}" for r in references]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
