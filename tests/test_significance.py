@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 
@@ -33,6 +34,15 @@ def test_interval_brackets_the_mean_and_is_reproducible():
     assert first.mean == pytest.approx(r.overall["f1"])
     # ~ mean +- 1.96 * sd / sqrt(n) for uniform scores: sd = 0.29, half-width ~0.057.
     assert 0.04 < (first.high - first.low) / 2 < 0.075
+
+
+def test_point_estimate_is_the_overall_score_to_the_last_bit():
+    """The interval table and the results table must print the same mean for a system: these
+    scores are a case where numpy's pairwise mean and the exactly rounded mean differ."""
+    f1 = [0.25, 0.5, 1 / 3, 0.5, 2 / 3, 1.0, 2 / 3, 1.0, 0.5, 1.0]
+    r = result("a", f1)
+    r.overall["f1"] = statistics.fmean(f1)  # what the evaluation runner stores
+    assert mean_interval(r).mean == r.overall["f1"]
 
 
 def test_constant_scores_give_a_point_interval():

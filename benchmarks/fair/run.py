@@ -306,7 +306,8 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         result.info["setting"] = setting
         result.save(path)
         del comp
-    _, results = finished_results(setting, args)  # every system, in the canonical order
+    # Every finished system of the setting (earlier invocations' too), in the canonical order.
+    _, results = finished_results(setting, args, systems=[*SYSTEMS, *ZERO_SHOT])
     table = markdown_tables(results)
     (out / "table.md").write_text(table + "\n")
     plot_curves(
@@ -317,10 +318,14 @@ def run_setting(setting: str, args) -> list[EvalResult]:
     return results
 
 
-def finished_results(setting: str, args) -> tuple[list[str], list[EvalResult]]:
-    """The systems of ``args.systems`` with a saved test evaluation, in the canonical order."""
+def finished_results(
+    setting: str, args, systems: list[str] | None = None
+) -> tuple[list[str], list[EvalResult]]:
+    """The systems of ``systems`` (default ``args.systems``) with a saved test evaluation, in
+    the canonical order."""
     folder = args.out / setting / "eval"
-    systems = [s for s in (*SYSTEMS, *ZERO_SHOT) if s in args.systems]
+    wanted = args.systems if systems is None else systems
+    systems = [s for s in (*SYSTEMS, *ZERO_SHOT) if s in wanted]
     done = [s for s in systems if (folder / f"{s}.json").is_file()]
     return done, [EvalResult.load(folder / f"{s}.json") for s in done]
 
@@ -416,6 +421,16 @@ def write_report(args, page: Path) -> None:
     print(f"written {page}")
 
 
+def command_line(args, **overrides: list[str]) -> str:
+    """The benchmark command for ``args``, with ``overrides`` (e.g. ``systems=[...]``)."""
+    options = {**vars(args), **overrides}
+    return "python benchmarks/fair/run.py " + " ".join(
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+        for k, v in options.items()
+        if k not in ("out", "report", "command")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "fair" / "results")
@@ -445,11 +460,7 @@ def main() -> None:
     unknown = [s for s in args.systems if s not in SYSTEMS and s not in ZERO_SHOT]
     if unknown:
         parser.error(f"unknown systems {unknown}; known: {[*SYSTEMS, *ZERO_SHOT]}")
-    args.command = "python benchmarks/fair/run.py " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if k not in ("out", "report")
-    )
+    args.command = command_line(args)
     if args.report:
         write_report(args, args.report)
         return
@@ -462,8 +473,10 @@ def main() -> None:
     }
     for setting in args.settings:
         results = run_setting(setting, args)
+        # The command that reproduces every row (a run resumes and skips finished systems).
+        every = [r.method.split("@")[0] for r in results]
         summary["settings"][setting] = {
-            "command": args.command,
+            "command": command_line(args, settings=[setting], systems=every),
             "table": (args.out / setting / "table.md").read_text(),
             "overall": {r.method: r.overall for r in results},
             "eval_wall_seconds": load_json(args.out / setting / "wall_seconds.json", {}),

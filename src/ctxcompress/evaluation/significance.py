@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import fmean
 
 import numpy as np
 
@@ -60,7 +61,9 @@ def _mean_interval(values: np.ndarray, resamples: int, seed: int) -> Interval:
             "(or pip install 'ctxcompress[eval]')"
         ) from e
 
-    point = float(np.mean(values))
+    # The exactly rounded mean, as EvalResult.overall is computed: np.mean's pairwise sum can
+    # differ in the last bit, which flips the rounding of a tie such as 9.15 -> "9.1" vs "9.2".
+    point = fmean(values.tolist())
     if np.ptp(values) == 0:
         return Interval(point, point, point)  # every item scored the same: nothing varies
     res = bootstrap(
