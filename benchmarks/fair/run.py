@@ -284,7 +284,7 @@ def plot_curves(curves: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_setting(setting: str, args) -> list[EvalResult]:
+def run_setting(setting: str, args) -> tuple[list[str], list[EvalResult]]:
     spec = SETTINGS[setting]
     out = args.out / setting
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         result.save(path)
         del comp
     # Every finished system of the setting (earlier invocations' too), in the canonical order.
-    _, results = finished_results(setting, args, systems=[*SYSTEMS, *ZERO_SHOT])
+    done, results = finished_results(setting, args, [*SYSTEMS, *ZERO_SHOT])
     table = markdown_tables(results)
     (out / "table.md").write_text(table + "\n")
     plot_curves(
@@ -315,18 +315,15 @@ def run_setting(setting: str, args) -> list[EvalResult]:
         out / "curves.png",
         f"NQ-open oracle dev (first {args.dev_limit}), SmolLM2-135M, setting {setting}",
     )
-    return results
+    return done, results
 
 
-def finished_results(
-    setting: str, args, systems: list[str] | None = None
-) -> tuple[list[str], list[EvalResult]]:
-    """The systems of ``systems`` (default ``args.systems``) with a saved test evaluation, in
-    the canonical order."""
+def finished_results(setting: str, args, systems: list[str]) -> tuple[list[str], list[EvalResult]]:
+    """The names and results of ``systems`` with a saved test evaluation, in the canonical
+    order."""
     folder = args.out / setting / "eval"
-    wanted = args.systems if systems is None else systems
-    systems = [s for s in (*SYSTEMS, *ZERO_SHOT) if s in wanted]
-    done = [s for s in systems if (folder / f"{s}.json").is_file()]
+    ordered = [s for s in (*SYSTEMS, *ZERO_SHOT) if s in systems]
+    done = [s for s in ordered if (folder / f"{s}.json").is_file()]
     return done, [EvalResult.load(folder / f"{s}.json") for s in done]
 
 
@@ -377,7 +374,7 @@ def write_report(args, page: Path) -> None:
     for setting in args.settings:
         out = args.out / setting
         parts.append(f"### Setting `{setting}`: {DESCRIPTION[setting]}")
-        done, results = finished_results(setting, args)
+        done, results = finished_results(setting, args, args.systems)
         missing = [s for s in args.systems if s not in done]
         if results:
             parts.append(
@@ -472,11 +469,10 @@ def main() -> None:
         "platform": platform.platform(),
     }
     for setting in args.settings:
-        results = run_setting(setting, args)
-        # The command that reproduces every row (a run resumes and skips finished systems).
-        every = [r.method.split("@")[0] for r in results]
+        done, results = run_setting(setting, args)
         summary["settings"][setting] = {
-            "command": command_line(args, settings=[setting], systems=every),
+            # The command that reproduces every row (a run resumes and skips finished systems).
+            "command": command_line(args, settings=[setting], systems=done),
             "table": (args.out / setting / "table.md").read_text(),
             "overall": {r.method: r.overall for r in results},
             "eval_wall_seconds": load_json(args.out / setting / "wall_seconds.json", {}),
