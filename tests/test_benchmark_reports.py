@@ -113,3 +113,36 @@ def test_quality_report_keeps_the_text_around_its_section(tmp_path):
     assert "| sac@4x | 50.0 [50.0, 50.0] | **+25.0 [25.0, 25.0]** |" in text
     assert text.count("minus truncation") == 1
     assert (page.parent / "results" / "quality_r4.png").is_file()
+
+
+def test_quality_summary_lists_every_finished_method_of_a_setting(tmp_path):
+    """A partial rerun (``--methods sac``) must not shrink the setting's summary to the methods
+    it was given: the summary, table and command cover everything finished, in canonical
+    order, and other settings' entries are kept."""
+    out = tmp_path / "results"
+    fake_result("epl@16x", 0.25).save(out / "r16" / "eval" / "epl.json")
+    fake_result("sac@16x", 0.125).save(out / "r16" / "eval" / "sac.json")
+    (out / "r16" / "wall_seconds.json").write_text(json.dumps({"eval:sac": 30.0}))
+    earlier = {"settings": {"r4": {"command": "earlier r4 command"}}}
+    (out / "summary.json").write_text(json.dumps(earlier))
+
+    script = ROOT / "benchmarks" / "quality" / "run.py"
+    args = ["--out", str(out), "--settings", "r16", "--methods", "epl,sac"]
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["r4"] == {"command": "earlier r4 command"}
+    r16 = summary["settings"]["r16"]
+    assert list(r16["overall"]) == ["sac@16x", "epl@16x"]  # canonical order, not the given one
+    assert "--settings r16 --methods sac,epl " in r16["command"]
+
+    args[-1] = "sac"  # a later partial invocation
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
+    r16 = json.loads((out / "summary.json").read_text())["settings"]["r16"]
+    assert list(r16["overall"]) == ["sac@16x", "epl@16x"]
+    assert "--methods sac,epl " in r16["command"]
+    table = (out / "r16" / "table.md").read_text()
+    assert "| sac@16x |" in table and "| epl@16x |" in table
+    bad = subprocess.run(
+        [sys.executable, str(script), *args[:-1], "prompt_tuned"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown methods ['prompt_tuned']" in bad.stderr
