@@ -382,7 +382,7 @@ def main() -> None:
         type=Path,
         default=None,
         help="JSON lines (id, context, question, answers) exported from ctxcompress, e.g. the "
-        "10-passage contexts of benchmarks/quality r16; replaces --data",
+        "5-passage contexts of benchmarks/quality r16; replaces --data",
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "peers" / "results" / "kvpress.json"
