@@ -329,7 +329,9 @@ def markdown(result: dict[str, Any]) -> str:
         "| KV kept / full | n | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in result["summaries"]:
+    order = {name: i for i, name in enumerate(DEFAULT_PRESSES)}
+    summaries = sorted(result["summaries"], key=lambda s: (order.get(s["press"], 99), s["r"]))
+    for s in summaries:
         r = "1 (full)" if s["press"] == "none" else str(s["r"])
         kept, full = s["mean_kv_entries_kept"], s["mean_kv_entries_full"]
         share = kept / full if kept is not None and full else None
@@ -339,11 +341,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_num(s['mean_prefill_s'], '.3f')} | {_num(share, '.3f')} | {s['n']} "
             f"| {s.get('errors', 0)} |"
         )
-    lines += [
-        "",
-        f"Machine: {meta['machine']['platform']}, torch threads "
-        f"{meta['machine']['torch_threads']}. Command: `{meta['command']}`",
-    ]
+    machines: dict[str, list[str]] = {}
+    for s in summaries:
+        machine = s.get("machine", meta["machine"]["platform"])
+        machines.setdefault(machine, []).append(f"{s['press']}@{s['r']}")
+    lines += ["", f"Torch threads {meta['machine']['torch_threads']}. Command: `{meta['command']}`"]
+    if len(machines) == 1:
+        lines += ["", f"Machine: {next(iter(machines))}."]
+    else:  # a run resumed in another session: its timings are not comparable across machines
+        lines += ["", "Runs from more than one machine; compare latencies within one machine only:"]
+        lines += ["", *(f"- {m}: {', '.join(keys)}" for m, keys in machines.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -474,6 +481,8 @@ def main() -> None:
         if {k: old["meta"].get(k) for k in signature} == signature:
             result["runs"] = old.get("runs", {})
             result["summaries"] = old.get("summaries", [])
+            for summary in result["summaries"]:  # files from before summaries named a machine
+                summary.setdefault("machine", old["meta"]["machine"]["platform"])
             print(f"resuming: {len(result['runs'])} finished runs in {args.out}", flush=True)
         else:
             print(f"--resume: {args.out} is from another setting; starting afresh", flush=True)
@@ -524,6 +533,7 @@ def main() -> None:
                     rows.append(row)
                 summary = summarize(name, r, rows, args.budget)
                 summary["wall_s"] = time.perf_counter() - start
+                summary["machine"] = meta["machine"]["platform"]
                 result["runs"][key] = rows
                 result["summaries"] = [
                     s for s in result["summaries"] if f"{s['press']}@{s['r']}" != key
