@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_script(relative: str):
     spec = importlib.util.spec_from_file_location(relative.replace("/", "_"), ROOT / relative)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -146,3 +147,66 @@ def test_quality_summary_lists_every_finished_method_of_a_setting(tmp_path):
         [sys.executable, str(script), *args[:-1], "prompt_tuned"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "unknown methods ['prompt_tuned']" in bad.stderr
+
+
+def kvpress_summary(press: str, r: int, machine: str) -> dict:
+    return {
+        "press": press,
+        "r": r,
+        "compression_ratio": 0.0 if press == "none" else 1 - 1 / r,
+        "n": 2,
+        "errors": 0,
+        "em": 0.0,
+        "f1": 0.5,
+        "mean_latency_s": 1.0,
+        "mean_prefill_s": 0.25,
+        "mean_kv_entries_kept": 10.0,
+        "mean_kv_entries_full": 40.0,
+        "machine": machine,
+    }
+
+
+def test_kvpress_table_orders_presses_and_says_which_machine_ran_what():
+    """A run resumed in another session mixes machines: the table must say so (timings are
+    only comparable within one machine) and list presses in their canonical order."""
+    kvpress_run = load_script("benchmarks/peers/kvpress_run.py")
+    meta = {
+        "versions": {"kvpress": "0.5.5"},
+        "n_examples": 2,
+        "budget": "ratio",
+        "budget_note": "note",
+        "machine": {"platform": "machine-B", "torch_threads": 1},
+        "command": "python benchmarks/peers/kvpress_run.py --resume",
+    }
+    summaries = [
+        kvpress_summary("kvzip", 4, "machine-B"),
+        kvpress_summary("none", 1, "machine-A"),
+        kvpress_summary("snapkv", 16, "machine-A"),
+        kvpress_summary("snapkv", 4, "machine-B"),
+    ]
+    text = kvpress_run.markdown({"meta": meta, "summaries": summaries})
+    rows = [line.split(" | ")[0:2] for line in text.splitlines() if line.startswith("| ")][1:]
+    assert rows == [["| none", "1 (full)"], ["| snapkv", "4"], ["| snapkv", "16"], ["| kvzip", "4"]]
+    assert "compare latencies within one machine only" in text
+    assert "- machine-A: none@1, snapkv@16" in text and "- machine-B: snapkv@4, kvzip@4" in text
+
+    one = kvpress_run.markdown({"meta": meta, "summaries": summaries[:1]})
+    assert "Machine: machine-B." in one and "more than one machine" not in one
+
+
+def test_kvpress_runner_scores_answers_as_ctxcompress_does():
+    """The kvpress runner reimplements SQuAD EM/F1 (its venv has no ctxcompress); it must
+    agree with ours, or its rows are not comparable."""
+    from ctxcompress.evaluation import metrics
+
+    kvpress_run = load_script("benchmarks/peers/kvpress_run.py")
+    cases = [
+        ("The Eiffel Tower", ["Eiffel Tower"]),
+        ("in 1889, in Paris.", ["1889", "Paris, France"]),
+        ("", ["x"]),
+        ("a an the", ["the"]),
+        ("Jean-Paul Sartre's book", ["Jean Paul Sartre"]),
+    ]
+    for prediction, golds in cases:
+        assert kvpress_run.exact_match(prediction, golds) == metrics.exact_match(prediction, golds)
+        assert kvpress_run.token_f1(prediction, golds) == metrics.token_f1(prediction, golds)
