@@ -342,9 +342,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {s.get('errors', 0)} |"
         )
     machines: dict[str, list[str]] = {}
-    for s in summaries:
-        machine = s.get("machine", meta["machine"]["platform"])
-        machines.setdefault(machine, []).append(f"{s['press']}@{s['r']}")
+    for s in summaries:  # main() gives every summary its machine, back-filled on --resume
+        machines.setdefault(s["machine"], []).append(f"{s['press']}@{s['r']}")
     lines += ["", f"Torch threads {meta['machine']['torch_threads']}. Command: `{meta['command']}`"]
     if len(machines) == 1:
         lines += ["", f"Machine: {next(iter(machines))}."]
