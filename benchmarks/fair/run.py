@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,16 @@ from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import (  # noqa: E402
+    add_seconds,
+    load_json,
+    train_with_dev_curve,
+    write_json,
+)
+from _common import command_line as _command_line  # noqa: E402
+from _common import plot_curves as _plot_curves  # noqa: E402
+
 TEMPLATE = ROOT / "configs" / "smollm2" / "sac-nq-r4.yaml"  # loop settings shared by all
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -119,25 +130,6 @@ STAGE1_TEXTS = (
     {"source": "aclsum:train", "options": {"source": "fulltext"}},
     {"source": "nq-oracle:train", "options": {"context": "long_answer"}},
 )
-
-
-# ----------------------------------------------------------------------------- bookkeeping
-def load_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else default
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a crash never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def add_seconds(path: Path, key: str, seconds: float) -> None:
-    data = load_json(path, {})
-    data[key] = data.get(key, 0.0) + seconds
-    write_json(path, data)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -200,50 +192,18 @@ def train_system(system: str, setting: str, args, out: Path, dev) -> cc.Compress
             Trainer(config).run()
         clock = stage1_clock(config)
     config = stage_config(system, setting, 2, args, out)
-    curve_path = out / "curves.json"
     trainer = Trainer(config)
-    while True:
-        step = trainer.step
-        curves = load_json(curve_path, {})
-        points = curves.setdefault(system, [])
-        if not any(p["step"] == step for p in points):
-            start = time.perf_counter()
-            result = evaluate(
-                trainer.compressor,
-                dev,
-                max_new_tokens=32,
-                batch_size=16,
-                progress=False,
-                label=system,
-            )
-            points.append(
-                {
-                    "step": step,
-                    "f1": result.overall["f1"],
-                    "em": result.overall["em"],
-                    "train_seconds": clock["train_seconds"] + trainer.train_seconds,
-                    "train_cpu_seconds": clock["train_cpu_seconds"] + trainer.train_cpu_seconds,
-                }
-            )
-            points.sort(key=lambda p: p["step"])
-            write_json(curve_path, curves)
-            add_seconds(out / "wall_seconds.json", f"dev:{system}", time.perf_counter() - start)
-            print(
-                f"[fair] {setting} {system} step {step}: dev F1 {100 * result.overall['f1']:.1f}",
-                flush=True,
-            )
-        if step >= config.train.steps:
-            times = load_json(out / "train_seconds.json", {})
-            times[system] = {
-                "stage1": clock,
-                "stage2": {
-                    "train_seconds": trainer.train_seconds,
-                    "train_cpu_seconds": trainer.train_cpu_seconds,
-                },
-            }
-            write_json(out / "train_seconds.json", times)
-            return trainer.compressor
-        trainer.run(until_step=step + args.curve_every)
+    train_with_dev_curve(trainer, system, dev, out, args.curve_every, clock=clock, tag="fair")
+    times = load_json(out / "train_seconds.json", {})
+    times[system] = {
+        "stage1": clock,
+        "stage2": {
+            "train_seconds": trainer.train_seconds,
+            "train_cpu_seconds": trainer.train_cpu_seconds,
+        },
+    }
+    write_json(out / "train_seconds.json", times)
+    return trainer.compressor
 
 
 def zero_shot(system: str, setting: str) -> cc.Compressor:
@@ -256,32 +216,15 @@ def zero_shot(system: str, setting: str) -> cc.Compressor:
 
 # ----------------------------------------------------------------------------- reports
 def plot_curves(curves: dict[str, list[dict]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for system, points in curves.items():
-        if not points:
-            continue
-        steps = [p["step"] for p in points]
-        f1 = [100 * p["f1"] for p in points]
-        axes[0].plot(steps, f1, marker="o", label=system)
-        minutes = [p["train_cpu_seconds"] / 60 for p in points]
-        axes[1].plot(minutes, f1, marker="o", label=system)
-    axes[0].set_xlabel("QA fine-tuning step (after stage 1)")
     # CPU time of the training steps (all threads): unlike wall time, it does not count
     # while the job is paused, and it survives resumption (the trainer checkpoints it).
-    axes[1].set_xlabel("training compute, stage 1 + 2 (CPU minutes, all threads)")
-    axes[0].set_ylabel("dev F1 (%)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plot_curves(
+        curves,
+        path,
+        title,
+        "QA fine-tuning step (after stage 1)",
+        "training compute, stage 1 + 2 (CPU minutes, all threads)",
+    )
 
 
 def run_setting(setting: str, args) -> tuple[list[str], list[EvalResult]]:
@@ -420,12 +363,7 @@ def write_report(args, page: Path) -> None:
 
 def command_line(args, **overrides: list[str]) -> str:
     """The benchmark command for ``args``, with ``overrides`` (e.g. ``systems=[...]``)."""
-    options = {**vars(args), **overrides}
-    return "python benchmarks/fair/run.py " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
-        for k, v in options.items()
-        if k not in ("out", "report", "command")
-    )
+    return _command_line("benchmarks/fair/run.py", args, ("out", "report", "command"), **overrides)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +41,10 @@ from ctxcompress.evaluation import (
 from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, load_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import add_seconds
+from _common import command_line as _command_line
+
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = {"500x": "xc500"}
 SETTINGS = {
@@ -50,12 +55,6 @@ SETTINGS = {
 # prompt tuning, also trainable, is a baseline of the fair benchmark, not of this one.
 TRAINED = ("sac", "pic", "icae", "500x", "epl")
 HARD = ("truncation", "full_context", "no_context")
-
-
-def add_seconds(path: Path, key: str, seconds: float) -> None:
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[key] = data.get(key, 0.0) + seconds
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def train_method(method: str, setting: str, args, out: Path) -> cc.Compressor:
@@ -129,12 +128,7 @@ def finished_results(folder: Path) -> tuple[list[str], list[EvalResult]]:
 
 def command_line(args, **overrides) -> str:
     """The benchmark command for ``args``, with ``overrides`` (e.g. ``methods=[...]``)."""
-    options = {**vars(args), **overrides}
-    return "python benchmarks/quality/run.py " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
-        for k, v in options.items()
-        if k != "out"
-    )
+    return _command_line("benchmarks/quality/run.py", args, ("out",), **overrides)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -34,6 +34,7 @@ from ..context import CompressedContext
 from ..errors import ContextTooLongError, CorruptFileError, InvalidInputError, ModelLoadError
 from ..generation import DecoderPrompt, build_decoder_batch, greedy_generate
 from ..models import BaseModel, cache_kwargs, load_base_model, max_positions
+from ..positions import memory_slots, sink_count
 
 CONFIG_FILE = "ctxcompress.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
@@ -66,6 +67,18 @@ class CompressorConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     init_std: float = 0.02
     """Standard deviation of the learned embeddings' normal init."""
+    embedding_init: Literal["normal", "table"] = "normal"
+    """How the learned input vectors (``[LM]``, ``[AE]``, memory tokens) start: N(0,
+    ``init_std``), or drawn per dimension from the mean and std of the base model's input
+    embedding table, i.e. at token scale (the SAC authors' code; on SmolLM2-135M the table's
+    std is 0.136, ~7x ``init_std``). Anchor embeddings, which are *added* to token
+    embeddings, always start at N(0, ``init_std``)."""
+    sink_tokens: int = 0
+    """Attention sink (METHODS.md §7): the first k context tokens (BOS, then the context
+    prefix) are always kept as themselves, counted inside the budget: the frozen model's own
+    KV of those tokens (KV methods) or their token embeddings before the soft prompt
+    (hidden-state methods). Pretrained LMs park attention on the first token; without it the
+    decoder starts out of distribution. 0: off (the papers)."""
     encoder_batch_size: int = 32
     """Chunks per encoder forward pass (memory bound, not a modelling choice)."""
     seed: int = 0
@@ -88,6 +101,19 @@ class CompressorConfig:
         need(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
         need(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
         need(self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1")
+        need(
+            isinstance(self.sink_tokens, int) and self.sink_tokens >= 0,
+            f"sink_tokens must be an integer >= 0, got {self.sink_tokens!r}",
+        )
+        if self.sink_tokens and self.ratio >= 1 and self.chunk_size >= 1:
+            budget = memory_slots(self.chunk_size, self.ratio)
+            need(
+                self.sink_tokens < budget,
+                f"sink_tokens={self.sink_tokens} leaves nothing to compress: a full chunk of "
+                f"{self.chunk_size} tokens keeps {budget} entries at ratio {self.ratio}, and the "
+                f"sink tokens count inside that budget. Use sink_tokens < {budget} (or a lower "
+                "ratio, or longer chunks).",
+            )
         need("{question}" in self.question_template, "question_template must contain '{question}'")
         # Every Literal-typed option (in any subclass) must be one of its listed values.
         for name, hint in typing.get_type_hints(type(self)).items():
@@ -101,7 +127,10 @@ class CompressorConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompressorConfig:
+    def from_dict(cls, data: dict[str, Any], *, saved: bool = False) -> CompressorConfig:
+        """A validated config from options. ``saved=True`` reads a saved compressor's
+        config: an option it does not record predates that option, and takes the value
+        that reproduces the old behaviour (:data:`LEGACY_DEFAULTS`), not today's default."""
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(names))
         if unknown:
@@ -109,10 +138,17 @@ class CompressorConfig:
                 f"Unknown option(s) for {cls.__name__}: {', '.join(unknown)}. "
                 f"Known: {', '.join(sorted(names))}."
             )
+        if saved:
+            data = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in names}, **data}
         data = {k: tuple(v) if isinstance(v, list) and k != "extra" else v for k, v in data.items()}
         config = cls(**data)
         config.validate()
         return config
+
+
+LEGACY_DEFAULTS: dict[str, Any] = {"embedding_init": "normal", "sink_tokens": 0}
+"""Options added after compressors were first saved, with the values that reproduce how a
+compressor saved without them behaved (see :meth:`CompressorConfig.from_dict`)."""
 
 
 class Compressor(nn.Module):
@@ -164,9 +200,10 @@ class Compressor(nn.Module):
             self.model = lm
         self.generator = torch.Generator().manual_seed(config.seed)
         hidden = lm.config.hidden_size
-        self.lm_embedding = nn.Parameter(self._normal(hidden)) if self.uses_lm_token else None
+        use_lm = self.uses_lm_token
+        self.lm_embedding = nn.Parameter(self._learned_vectors(hidden)) if use_lm else None
         use_ae = self.uses_lm_token and config.autoencoding
-        self.ae_embedding = nn.Parameter(self._normal(hidden)) if use_ae else None
+        self.ae_embedding = nn.Parameter(self._learned_vectors(hidden)) if use_ae else None
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
         self._merge_encoder = False
         self._merged_cache: tuple[tuple[int, ...], list[nn.Parameter]] | None = None
@@ -176,6 +213,17 @@ class Compressor(nn.Module):
     def _normal(self, *shape: int) -> torch.Tensor:
         """Init tensor N(0, init_std), reproducible from the config seed, in the model dtype."""
         sample = torch.randn(*shape, generator=self.generator) * self.config.init_std
+        return sample.to(device=self.device, dtype=self.dtype)
+
+    def _learned_vectors(self, *shape: int) -> torch.Tensor:
+        """Init of learned input vectors (``[LM]``, ``[AE]``, memory tokens) per
+        ``embedding_init``: N(0, init_std), or the embedding table's per-dimension mean and
+        std (token scale)."""
+        if self.config.embedding_init == "normal":
+            return self._normal(*shape)
+        table = self.lm.get_input_embeddings().weight.detach().float()
+        mean, std = table.mean(dim=0).cpu(), table.std(dim=0).cpu()
+        sample = mean + std * torch.randn(*shape, generator=self.generator)
         return sample.to(device=self.device, dtype=self.dtype)
 
     @property
@@ -316,6 +364,29 @@ class Compressor(nn.Module):
                 "into parts and compress each, or use a model with a longer context."
             )
 
+    # ------------------------------------------------------------------ attention sink
+    def sink_lengths(self, contexts: Sequence[Sequence[int]]) -> list[int]:
+        """Sink tokens each context keeps: ``sink_tokens``, capped by the budget of its
+        first chunk (they count inside it; see :func:`~ctxcompress.positions.sink_count`)."""
+        k, cfg = self.config.sink_tokens, self.config
+        if not k:
+            return [0] * len(contexts)
+        return [sink_count(min(len(ids), cfg.chunk_size), cfg.ratio, k) for ids in contexts]
+
+    def sink_kv(self, contexts: Sequence[Sequence[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The frozen model's own keys and values ``[layers, kv_heads, s, head_dim]`` of each
+        context's sink tokens (a causal prefill of its first s tokens, adapter off), at their
+        positions from ``position_start``. No gradients: nothing trainable reaches them."""
+        rows = [list(ids[:n]) for ids, n in zip(contexts, self.sink_lengths(contexts), strict=True)]
+        with torch.no_grad(), self.decoder_mode():
+            return prefill_kv(
+                self.lm, rows, self.config.position_start, self.config.encoder_batch_size
+            )
+
+    def sink_positions(self, length: int) -> torch.Tensor:
+        """Position ids of ``length`` sink entries."""
+        return torch.arange(length) + self.config.position_start
+
     # ------------------------------------------------------------------ compression
     def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         """Compress tokenized contexts, keeping gradients. Implemented by each method."""
@@ -385,11 +456,14 @@ class Compressor(nn.Module):
     def first_decoder_position(self, ctx: CompressedContext) -> int:
         """Position id of the first decoder input after the context.
 
-        Default: right after the last compressed entry (as if the compressed context were an
-        ordinary prompt). SAC and EPL override it to continue from L, the original length.
+        Default: right after the *largest* position of a compressed entry (as if the
+        compressed context were an ordinary prompt), so that the decoder's positions always
+        increase from the context into the question. (Not the last entry's: PIC's memory
+        groups sit after their chunks, and a short last chunk puts its group below the one
+        before it.) SAC and EPL override it to continue from L, the original length.
         """
         if ctx.positions is not None and ctx.compressed_length:
-            return int(ctx.positions[-1]) + 1
+            return int(ctx.positions.max()) + 1
         return ctx.compressed_length + self.config.position_start
 
     def task_embedding(self, task: str) -> torch.Tensor | None:
@@ -474,20 +548,16 @@ class Compressor(nn.Module):
         hidden = self.decoder_hidden(contexts, prompt_ids, tasks)
         return self.lm.get_output_embeddings()(hidden)
 
-    def forward(
+    def target_logits(
         self,
         context_ids: Sequence[Sequence[int]],
         prompt_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
         tasks: Sequence[str] | None = None,
-    ) -> tuple[torch.Tensor, int]:
-        """Training loss: compress, then teacher-force ``target`` after ``[task] + prompt``.
-
-        Returns the *sum* of token cross-entropies over all target tokens and their count
-        (the trainer normalises by the global count, so that any split of a batch over
-        processes and accumulation steps gives the same gradient). Logits are computed only
-        at the supervised positions.
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Compress, then teacher-force ``target`` after ``[task] + prompt``: the float32
+        logits ``[N, vocab]`` that predict each of the N target tokens (all rows, in order),
+        the N labels, and the row each belongs to. The LM head runs only there."""
         contexts = self.encode_ids(context_ids)
         inputs = [list(p) + list(t)[:-1] for p, t in zip(prompt_ids, target_ids, strict=True)]
         hidden = self.decoder_hidden(contexts, inputs, tasks)
@@ -509,11 +579,54 @@ class Compressor(nn.Module):
         if not labels:
             raise InvalidInputError("a training batch has no target tokens")
         device = hidden.device
-        selected = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+        row_index = torch.tensor(rows, device=device)
+        selected = hidden[row_index, torch.tensor(cols, device=device)]
         logits = self.lm.get_output_embeddings()(selected).float()
-        target = torch.tensor(labels, device=device)
-        loss_sum = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-        return loss_sum, len(labels)
+        return logits, torch.tensor(labels, device=device), row_index
+
+    def forward(
+        self,
+        context_ids: Sequence[Sequence[int]],
+        prompt_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        tasks: Sequence[str] | None = None,
+        *,
+        teacher_logits: torch.Tensor | None = None,
+        teacher_rows: Sequence[int] = (),
+        distill_weight: float = 0.0,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, int]:
+        """Training loss: compress, then teacher-force ``target`` after ``[task] + prompt``.
+
+        Returns the *sum* of token cross-entropies over all target tokens and their count
+        (the trainer normalises by the global count, so that any split of a batch over
+        processes and accumulation steps gives the same gradient). Logits are computed only
+        at the supervised positions.
+
+        Distillation (METHODS.md §7): with ``teacher_logits`` — a teacher's logits at the
+        target positions of the rows ``teacher_rows`` (in row order, as
+        :meth:`target_logits` gives them) — the sum becomes
+        ``CE + distill_weight * T^2 * KL(teacher_T || student_T)`` summed over those
+        positions, ``T = temperature``. ``last_loss_terms`` keeps the two sums (detached)
+        for logging.
+        """
+        logits, labels, row_index = self.target_logits(context_ids, prompt_ids, target_ids, tasks)
+        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        loss = ce
+        kl = torch.zeros((), device=ce.device)
+        if teacher_logits is not None and len(teacher_rows):
+            chosen = torch.isin(row_index, torch.tensor(list(teacher_rows), device=ce.device))
+            student = logits[chosen]
+            if teacher_logits.shape != student.shape:
+                raise InvalidInputError(
+                    f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
+                    f"{tuple(student.shape)} target positions: the teacher must read the same "
+                    "tokens with the same vocabulary"
+                )
+            kl = distillation_kl(student, teacher_logits.float(), temperature)
+            loss = ce + distill_weight * temperature**2 * kl
+        self.last_loss_terms = {"ce": float(ce.detach()), "kl": float(kl.detach())}
+        return loss, len(labels)
 
     def generate(
         self,
@@ -669,7 +782,7 @@ class Compressor(nn.Module):
                 f"{directory} holds a {header['method']!r} compressor, not {cls.method!r}; "
                 "use ctxcompress.load_compressor()."
             )
-        config = cls.config_class.from_dict(header["config"])
+        config = cls.config_class.from_dict(header["config"], saved=True)
         if isinstance(base_model, BaseModel):
             base = base_model
         else:
@@ -732,6 +845,16 @@ class Compressor(nn.Module):
         )
 
 
+def distillation_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """``sum over positions of KL(softmax(teacher/T) || softmax(student/T))`` (Hinton et
+    al.'s distillation term; multiply by ``T^2`` to keep its gradient scale)."""
+    student = torch.log_softmax(student_logits / temperature, dim=-1)
+    teacher = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    return torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="sum")
+
+
 def encode_in_length_batches(
     rows: Sequence[Any],
     size: int,
@@ -761,6 +884,44 @@ def encode_in_length_batches(
         for i, result in zip(batch, encode([rows[i] for i in batch]), strict=True):
             results[i] = result
     return results
+
+
+def prefill_kv(
+    lm: nn.Module, rows: Sequence[Sequence[int]], position_start: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``lm``'s own KV cache of each token row (causal prefill, in batches of ``batch_size``
+    right-padded rows, positions from ``position_start``): ``(keys, values)`` of shape
+    ``[layers, kv_heads, len(row), head_dim]`` per row (empty for an empty row). Runs the
+    model as it is: callers switch adapters off or on."""
+    cfg = lm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    weight = lm.get_input_embeddings().weight
+    empty = weight.new_zeros(cfg.num_hidden_layers, cfg.num_key_value_heads, 0, head_dim)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * len(rows)
+    todo = [i for i, r in enumerate(rows) if len(r)]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        width = max(len(rows[i]) for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        valid = torch.zeros(len(batch), width, dtype=torch.long)
+        for j, i in enumerate(batch):
+            ids[j, : len(rows[i])] = torch.tensor(list(rows[i]))
+            valid[j, : len(rows[i])] = 1
+        positions = torch.arange(width)[None].expand(len(batch), -1) + position_start
+        cache = DynamicCache(config=cfg)
+        lm.get_decoder()(
+            input_ids=ids.to(weight.device),
+            attention_mask=valid.to(weight.device),
+            position_ids=positions.to(weight.device),
+            **cache_kwargs(cache),
+            use_cache=True,
+        )
+        k = torch.stack([layer.keys for layer in cache.layers])  # [layers, B, heads, T, dim]
+        v = torch.stack([layer.values for layer in cache.layers])
+        for j, i in enumerate(batch):
+            n = len(rows[i])
+            out[i] = (k[:, j, :, :n], v[:, j, :, :n])
+    return out
 
 
 def gather_cache_entries(

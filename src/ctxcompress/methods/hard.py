@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import DynamicCache
 
 from ..context import CompressedContext
 from ..errors import InvalidInputError
-from ..models import cache_kwargs
 from ..positions import chunk_spans, memory_slots
-from .base import Compressor, CompressorConfig
+from .base import Compressor, CompressorConfig, prefill_kv
 
 
 @dataclass
@@ -35,6 +33,11 @@ class HardConfig(CompressorConfig):
         super().validate()
         if self.lora_rank != 0:
             raise InvalidInputError("hard baselines have no adapter: lora_rank must be 0")
+        if self.sink_tokens:
+            raise InvalidInputError(
+                "sink_tokens is for the learned compressors: the hard baselines already keep "
+                "the head of the context as it is"
+            )
 
 
 @dataclass
@@ -62,50 +65,15 @@ class HardBaseline(Compressor):
 
     def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         kept = [self.keep(ids) for ids in contexts]
-        cfg = self.lm.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        empty = torch.zeros(
-            cfg.num_hidden_layers,
-            cfg.num_key_value_heads,
-            0,
-            head_dim,
-            device=self.device,
-            dtype=self.dtype,
-        )
-        keys: list[torch.Tensor] = [empty] * len(kept)
-        values: list[torch.Tensor] = [empty] * len(kept)
-        todo = [i for i, k in enumerate(kept) if k]
-        size = self.config.encoder_batch_size
         with self.encoder_mode():
-            for start in range(0, len(todo), size):
-                batch = todo[start : start + size]
-                for i, (k, v) in zip(batch, self._prefill([kept[i] for i in batch]), strict=True):
-                    keys[i], values[i] = k, v
+            kv = prefill_kv(
+                self.lm, kept, self.config.position_start, self.config.encoder_batch_size
+            )
         out = []
-        for ids, kept_ids, k, v in zip(contexts, kept, keys, values, strict=True):
+        for ids, kept_ids, (k, v) in zip(contexts, kept, kv, strict=True):
             positions = torch.arange(len(kept_ids)) + self.config.position_start
             out.append(self._new_context(len(ids), keys=k, values=v, positions=positions))
         return out
-
-    def _prefill(self, rows: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            valid[i, : len(r)] = 1
-        positions = torch.arange(width)[None].expand(len(rows), -1) + self.config.position_start
-        cache = DynamicCache(config=self.lm.config)
-        self.backbone(
-            input_ids=ids.to(self.device),
-            attention_mask=valid.to(self.device),
-            position_ids=positions.to(self.device),
-            **cache_kwargs(cache),
-            use_cache=True,
-        )
-        k = torch.stack([layer.keys for layer in cache.layers])  # [layers, B, heads, T, dim]
-        v = torch.stack([layer.values for layer in cache.layers])
-        return [(k[:, i, :, : len(r)], v[:, i, :, : len(r)]) for i, r in enumerate(rows)]
 
 
 class FullContext(HardBaseline):

@@ -75,7 +75,9 @@ class MemoryTokenCompressor(Compressor):
     def __init__(self, base: BaseModel, config: MemoryConfig | None = None) -> None:
         super().__init__(base, config or self.config_class())
         slots = memory_slots(self.config.chunk_size, self.config.ratio)
-        self.memory_embedding = nn.Parameter(self._normal(slots, self.lm.config.hidden_size))
+        self.memory_embedding = nn.Parameter(
+            self._learned_vectors(slots, self.lm.config.hidden_size)
+        )
         self.embedding_norm: float | None = None  # median input-embedding norm, when used
         if self.config.soft_prompt_scale == "embedding_norm":
             table = self.lm.get_input_embeddings().weight.detach()
@@ -95,15 +97,20 @@ class MemoryTokenCompressor(Compressor):
         return super().first_decoder_position(ctx)
 
     def _rows(self, contexts: Sequence[Sequence[int]]) -> list[_Row]:
+        """Encoder rows; the first chunk gets ``sink_tokens`` fewer memory tokens (a chunk
+        left with none is not encoded, except inside a one-pass row)."""
         cfg, rows = self.config, []
         for doc, ids in enumerate(contexts):
             doc_row = None
             for index, (start, end) in enumerate(chunk_spans(len(ids), cfg.chunk_size)):
                 n = end - start
+                sink = cfg.sink_tokens if start == 0 else 0
+                offsets = memory_offsets(n, cfg.ratio, cfg.memory_positions, sink)
+                if not offsets and not cfg.one_pass:
+                    continue
                 if doc_row is None or not cfg.one_pass:
                     doc_row = _Row(doc, [], [], [], [])
                     rows.append(doc_row)
-                offsets = memory_offsets(n, cfg.ratio, cfg.memory_positions)
                 doc_row.ids += list(ids[start:end]) + [0] * len(offsets)
                 doc_row.positions += [start + cfg.position_start + i for i in range(n)]
                 doc_row.positions += [start + cfg.position_start + o for o in offsets]
@@ -113,6 +120,9 @@ class MemoryTokenCompressor(Compressor):
 
     def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         rows = self._rows(contexts)
+        want_kv = self.config.output == "kv"
+        sink_lengths = self.sink_lengths(contexts)
+        sink_kv = self.sink_kv(contexts) if want_kv else None
         with self.encoder_mode():
             per_row = encode_in_length_batches(
                 rows, self.config.encoder_batch_size, lambda r: len(r.ids), self._encode_rows
@@ -120,22 +130,25 @@ class MemoryTokenCompressor(Compressor):
         out = []
         for doc, ids in enumerate(contexts):
             doc_rows = [i for i, r in enumerate(rows) if r.doc == doc]
-            positions = torch.tensor(
-                [
-                    p
-                    for i in doc_rows
-                    for p, s in zip(rows[i].positions, rows[i].memory_slot, strict=True)
-                    if s >= 0
-                ]
+            memory_positions = [
+                p
+                for i in doc_rows
+                for p, s in zip(rows[i].positions, rows[i].memory_slot, strict=True)
+                if s >= 0
+            ]
+            sink = sink_lengths[doc]
+            positions = torch.cat(
+                [self.sink_positions(sink), torch.tensor(memory_positions, dtype=torch.long)]
             )
-            parts = [torch.cat([per_row[i][j] for i in doc_rows]) for j in range(len(per_row[0]))]
-            if self.config.output == "kv":
-                tensors = {
-                    "keys": parts[0].permute(1, 2, 0, 3),
-                    "values": parts[1].permute(1, 2, 0, 3),
-                }
+            # The sink's entries first: its own KV, or its token embeddings (soft prompt).
+            if want_kv:
+                keys = [sink_kv[doc][0], *(per_row[i][0].permute(1, 2, 0, 3) for i in doc_rows)]
+                values = [sink_kv[doc][1], *(per_row[i][1].permute(1, 2, 0, 3) for i in doc_rows)]
+                tensors = {"keys": torch.cat(keys, 2), "values": torch.cat(values, 2)}
             else:
-                tensors = {"embeds": parts[0]}
+                head = torch.tensor(list(ids[:sink]), dtype=torch.long, device=self.device)
+                embeds = [self.lm.get_input_embeddings()(head), *(per_row[i][0] for i in doc_rows)]
+                tensors = {"embeds": torch.cat(embeds)}
             out.append(self._new_context(len(ids), positions=positions, **tensors))
         return out
 

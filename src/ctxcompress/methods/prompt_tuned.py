@@ -57,6 +57,11 @@ class PromptTunedConfig(CompressorConfig):
         super().validate()
         if self.prompt_vectors < 0:
             raise InvalidInputError(f"prompt_vectors must be >= 0, got {self.prompt_vectors}")
+        if self.sink_tokens:
+            raise InvalidInputError(
+                "sink_tokens is for the compressors: a prompt-tuned bound reads the head of the "
+                "context as it is"
+            )
 
 
 class PromptTuned(Truncation):

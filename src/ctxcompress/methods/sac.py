@@ -81,29 +81,35 @@ class SACCompressor(Compressor):
 
     def compressed_length(self, length: int) -> int:
         """Anchors kept for a context of ``length`` tokens (the compressed length)."""
-        spans = chunk_spans(length, self.config.chunk_size)
-        return sum(len(self.anchor_offsets(s, e - s)) for s, e in spans)
+        spans = chunk_spans(length, self.config.chunk_size)  # sink tokens count inside
+        return sum(len(sac_anchor_offsets(e - s, self.config.ratio)) for s, e in spans)
 
     def anchor_offsets(self, chunk_start: int, chunk_len: int) -> list[int]:
-        """Anchor offsets inside the chunk starting at token index ``chunk_start``."""
+        """Anchor offsets inside the chunk starting at token index ``chunk_start`` (the first
+        chunk's sink tokens, if any, take the place of its first anchors)."""
+        sink = self.config.sink_tokens if chunk_start == 0 else 0
         if self.config.anchor_selection == "uniform":
-            return sac_anchor_offsets(chunk_len, self.config.ratio)
+            return sac_anchor_offsets(chunk_len, self.config.ratio, sink)
         # Random anchors are seeded by the chunk's place, so a document gets the same anchors
         # whatever it is batched with.
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk_start)
-        return random_anchor_offsets(chunk_len, self.config.ratio, generator)
+        return random_anchor_offsets(chunk_len, self.config.ratio, generator, sink)
 
     def _plan(self, contexts: Sequence[Sequence[int]]) -> list[_Chunk]:
+        """The chunks to encode; a first chunk whose whole budget went to sink tokens has no
+        anchors and is not encoded."""
         chunks = []
         for doc, ids in enumerate(contexts):
             for start, end in chunk_spans(len(ids), self.config.chunk_size):
                 offsets = self.anchor_offsets(start, end - start)
-                chunks.append(_Chunk(doc, start, list(ids[start:end]), offsets))
+                if offsets:
+                    chunks.append(_Chunk(doc, start, list(ids[start:end]), offsets))
         return chunks
 
     def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
         """Compress tokenized contexts (with gradients unless called under no_grad)."""
         chunks = self._plan(contexts)
+        sinks = self.sink_kv(contexts)
         with self.encoder_mode():
             per_chunk = encode_in_length_batches(
                 chunks, self.config.encoder_batch_size, lambda c: len(c.ids), self._encode_chunks
@@ -111,15 +117,17 @@ class SACCompressor(Compressor):
         out = []
         for doc, ids in enumerate(contexts):
             doc_chunks = [i for i, c in enumerate(chunks) if c.doc == doc]
-            positions = torch.tensor(
-                [
-                    chunks[i].start + a + self.config.position_start
-                    for i in doc_chunks
-                    for a in chunks[i].anchors
-                ]
+            sink_k, sink_v = sinks[doc]
+            anchors = [
+                chunks[i].start + a + self.config.position_start
+                for i in doc_chunks
+                for a in chunks[i].anchors
+            ]
+            positions = torch.cat(
+                [self.sink_positions(sink_k.shape[2]), torch.tensor(anchors, dtype=torch.long)]
             )
-            k = torch.cat([per_chunk[i][0] for i in doc_chunks]).permute(1, 2, 0, 3)
-            v = torch.cat([per_chunk[i][1] for i in doc_chunks]).permute(1, 2, 0, 3)
+            k = torch.cat([sink_k, *(per_chunk[i][0].permute(1, 2, 0, 3) for i in doc_chunks)], 2)
+            v = torch.cat([sink_v, *(per_chunk[i][1].permute(1, 2, 0, 3) for i in doc_chunks)], 2)
             out.append(self._new_context(len(ids), keys=k, values=v, positions=positions))
         return out
 

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidInputError
+from .distillation import check_teacher_spec
 from .objectives import OBJECTIVES
 
 
@@ -59,6 +60,11 @@ class LoopConfig:
     document_windows: bool = False
     """Continuation/autoencoding: cut documents longer than ``continuation_max_tokens`` into
     consecutive windows of that many tokens (each one example) instead of dropping them."""
+    embedding_lr_scale: float = 1.0
+    """The learned vectors (``[LM]``, ``[AE]``, anchor/memory/prompt embeddings) train at
+    ``lr * embedding_lr_scale``; the LoRA weights at ``lr``. With AdamW a parameter moves
+    about ``lr`` per step, so at 2e-4 a vector needs thousands of steps to travel a token
+    embedding's scale (std 0.136 on SmolLM2-135M): a scale of 10-50 lets it in a few hundred."""
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "1e-4" as a string: coerce numbers, with a clear error otherwise.
@@ -71,6 +77,27 @@ class LoopConfig:
                 setattr(self, f.name, kind(float(value)) if kind is int else kind(value))
             except (TypeError, ValueError):
                 raise InvalidInputError(f"train.{f.name} must be a number, got {value!r}") from None
+
+
+@dataclass
+class DistillConfig:
+    """Distillation from the uncompressed model (see ``training/distillation.py``)."""
+
+    weight: float = 0.0
+    """``w`` in ``CE + w * T^2 * KL(teacher || student)``; 0 turns distillation off."""
+    temperature: float = 1.0
+    """``T``: both distributions are softened by it."""
+    teacher: str = "full_context"
+    """``full_context`` (the frozen base model reading the whole context) or a saved
+    compressor folder on the same base model (e.g. a trained full-context model)."""
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "temperature"):
+            value = getattr(self, name)
+            try:
+                setattr(self, name, float(value))
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"distill.{name} must be a number, got {value!r}") from None
 
 
 @dataclass
@@ -90,6 +117,8 @@ class TrainConfig:
     """``auto`` (continue from the latest checkpoint in output_dir), ``never``, or a path."""
     dtype: str | None = None
     """Base model weights dtype (default float32)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Distillation from a teacher that reads the whole context (off unless weight > 0)."""
 
     def validate(self) -> None:
         loop = self.train
@@ -110,6 +139,15 @@ class TrainConfig:
             raise InvalidInputError("train.schedule must be 'constant' or 'cosine'")
         if loop.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise InvalidInputError("train.mixed_precision must be auto, no, bf16 or fp16")
+        if loop.embedding_lr_scale <= 0:
+            raise InvalidInputError("train.embedding_lr_scale must be > 0")
+        distill = self.distill
+        if distill.weight < 0:
+            raise InvalidInputError(f"distill.weight must be >= 0, got {distill.weight}")
+        if distill.temperature <= 0:
+            raise InvalidInputError(f"distill.temperature must be > 0, got {distill.temperature}")
+        if distill.weight > 0:
+            check_teacher_spec(distill.teacher)
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             raise InvalidInputError(f"resume={self.resume!r}: no such checkpoint")
 
@@ -130,6 +168,8 @@ def _build(cls, data: Any, where: str):
     if cls is TrainConfig:
         if "train" in kwargs:
             kwargs["train"] = _build(LoopConfig, kwargs["train"] or {}, "train")
+        if "distill" in kwargs:
+            kwargs["distill"] = _build(DistillConfig, kwargs["distill"] or {}, "distill")
         if "data" in kwargs:
             sources = kwargs["data"] or []
             kwargs["data"] = [_build(DataSource, d, f"data[{i}]") for i, d in enumerate(sources)]

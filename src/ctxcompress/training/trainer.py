@@ -37,7 +37,8 @@ from ..methods import Compressor, build_compressor
 from ..methods.base import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
-from .config import DataSource, LoopConfig, TrainConfig
+from .config import DataSource, DistillConfig, LoopConfig, TrainConfig
+from .distillation import build_teacher
 from .objectives import (
     TrainExample,
     autoencoding_example,
@@ -156,11 +157,13 @@ class Trainer:
             [s.source.weight for s in self.sources],
             self.loop.seed,
         )
-        params = list(comp.trainable_parameters().values())
+        distill = config.distill
+        self.teacher = build_teacher(distill.teacher, comp) if distill.weight > 0 else None
+        params = comp.trainable_parameters()
         if not params:
             raise InvalidInputError(f"{config.method} has nothing to train")
         optimizer = torch.optim.AdamW(
-            params,
+            self._param_groups(comp),
             lr=self.loop.lr,
             betas=tuple(self.loop.betas),
             weight_decay=self.loop.weight_decay,
@@ -188,6 +191,20 @@ class Trainer:
             return wanted
         has_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return "bf16" if has_bf16 else "no"
+
+    def _param_groups(self, comp: Compressor) -> list[dict[str, Any]]:
+        """One group at ``lr``, or, with ``embedding_lr_scale != 1``, the LoRA weights at
+        ``lr`` and the learned vectors at ``lr * embedding_lr_scale``."""
+        params = comp.trainable_parameters()
+        scale = self.loop.embedding_lr_scale
+        if scale == 1.0:
+            return [{"params": list(params.values())}]
+        vectors = set(comp.learned_embeddings())
+        groups = [
+            {"params": [p for n, p in params.items() if n not in vectors], "lr": self.loop.lr},
+            {"params": [p for n, p in params.items() if n in vectors], "lr": self.loop.lr * scale},
+        ]
+        return [g for g in groups if g["params"]]
 
     @staticmethod
     def _init_from(comp: Compressor, path: Path) -> None:
@@ -252,8 +269,9 @@ class Trainer:
             return
         saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
         current = _flatten(_as_yaml(self.config))  # as config.yaml would hold it
-        # A loop option added after the checkpoint was written ran at its default value then.
+        # An option added after the checkpoint was written ran at its default value then.
         defaults = {f"train.{k}": v for k, v in _flatten(_as_yaml(LoopConfig())).items()}
+        defaults |= {f"distill.{k}": v for k, v in _flatten(_as_yaml(DistillConfig())).items()}
         for key in current.keys() - saved.keys():
             if key in defaults:
                 saved[key] = defaults[key]
@@ -298,6 +316,7 @@ class Trainer:
         targets, tokens = self._global_tokens(micro)
         model.train()
         loss_total = torch.zeros((), device=acc.device)
+        terms = torch.zeros(2, device=acc.device)  # CE and KL sums, for the log
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
             with nullcontext() if sync else acc.no_sync(model), acc.autocast():
@@ -306,12 +325,15 @@ class Trainer:
                     [e.prompt_ids for e in mb],
                     [e.target_ids for e in mb],
                     [e.task for e in mb],
+                    **self._distill_arguments(mb),
                 )
                 # DDP averages gradients over processes: scale so the result is the
                 # global-token mean.
                 loss = loss_sum * acc.num_processes / targets
             acc.backward(loss)
             loss_total += loss_sum.detach()
+            parts = acc.unwrap_model(model).last_loss_terms
+            terms += torch.tensor([parts["ce"], parts["kl"]], device=acc.device)
         grad_norm = acc.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], self.loop.grad_clip
         )
@@ -320,14 +342,30 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         loss_global = acc.reduce(loss_total, reduction="sum") / targets
+        ce, kl = (acc.reduce(terms, reduction="sum") / targets).tolist()
+        extra = {"ce": ce, "kl": kl} if self.teacher is not None else {}
         return {
             "step": self.step,
             "loss": float(loss_global),
+            **extra,
             "lr": self.scheduler.get_last_lr()[0],
             # DeepSpeed clips inside its engine and reports no norm here.
             "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             "target_tokens": targets,
             "tokens": tokens,
+        }
+
+    def _distill_arguments(self, examples: list[TrainExample]) -> dict[str, Any]:
+        """The teacher's logits for the ``[LM]`` rows of a micro-batch (none without a
+        teacher; autoencoding rows are not distilled)."""
+        rows = [i for i, e in enumerate(examples) if e.task == "lm"]
+        if self.teacher is None or not rows:
+            return {}
+        return {
+            "teacher_logits": self.teacher.logits([examples[i] for i in rows]),
+            "teacher_rows": rows,
+            "distill_weight": self.config.distill.weight,
+            "temperature": self.config.distill.temperature,
         }
 
     def run(self, until_step: int | None = None) -> dict[str, Any]:

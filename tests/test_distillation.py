@@ -1,0 +1,107 @@
+"""Distillation and the learned-vector learning rate in the trainer (METHODS.md §7)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ctxcompress as cc
+from ctxcompress.testing import tiny_model
+from ctxcompress.training import Trainer, parse_config, qa_example
+from ctxcompress.training.distillation import FrozenFullContextTeacher
+from tests.test_training import config, params, qa_file  # noqa: F401 (fixture)
+
+
+def distill_config(qa_file, out, method="sac", **distill):
+    cfg = config(method, qa_file, out, steps=2, save_every=100)
+    data = {**cfg.to_dict(), "distill": {"weight": 1.0, **distill}}
+    return parse_config(data)
+
+
+def test_frozen_full_context_teacher_is_the_plain_model_on_the_whole_prompt():
+    comp = cc.build_compressor("sac", tiny_model(), ratio=2, lora_rank=4)
+    ex = qa_example(comp, "The code is alpha.", "What is the code?", "alpha")
+    logits = FrozenFullContextTeacher(comp).logits([ex, ex])
+    row = [*ex.context_ids, *ex.prompt_ids, *ex.target_ids[:-1]]
+    with torch.no_grad(), comp.decoder_mode():
+        full = comp.lm(torch.tensor([row])).logits[0].float()
+    start = len(ex.context_ids) + len(ex.prompt_ids) - 1
+    expected = full[start : start + len(ex.target_ids)]
+    torch.testing.assert_close(logits[: len(ex.target_ids)], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[len(ex.target_ids) :], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sac", "pic"])
+def test_distillation_trains_and_logs_both_terms(method, qa_file, tmp_path):  # noqa: F811
+    trainer = Trainer(distill_config(qa_file, tmp_path / "d", method))
+    trainer.run()
+    line = json.loads((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["kl"] > 0 and line["ce"] > 0
+    assert line["loss"] == pytest.approx(line["ce"] + line["kl"], rel=1e-4)
+
+
+def test_distillation_weight_zero_trains_exactly_as_without(qa_file, tmp_path):  # noqa: F811
+    plain = Trainer(config("sac", qa_file, tmp_path / "a", steps=2))
+    plain.run()
+    zero = Trainer(distill_config(qa_file, tmp_path / "b", weight=0.0))
+    assert zero.teacher is None
+    zero.run()
+    a, b = params(plain.compressor), params(zero.compressor)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_a_saved_compressor_can_be_the_teacher(qa_file, tmp_path):  # noqa: F811
+    full = config("prompt_tuned", qa_file, tmp_path / "full", steps=1)
+    full.method_options.update({"context": "full", "prompt_vectors": 0})
+    Trainer(full).run()
+    cfg = distill_config(qa_file, tmp_path / "s", teacher=str(tmp_path / "full" / "compressor"))
+    trainer = Trainer(cfg)
+    trainer.run()
+    line = json.loads((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["kl"] > 0
+
+
+def test_bad_teachers_fail_before_any_step(qa_file, tmp_path):  # noqa: F811
+    with pytest.raises(cc.InvalidInputError, match="is neither 'full_context'"):
+        distill_config(qa_file, tmp_path / "x", teacher="gpt-5")
+    with pytest.raises(cc.InvalidInputError, match="distill.temperature must be > 0"):
+        distill_config(qa_file, tmp_path / "x", temperature=0)
+    with pytest.raises(cc.InvalidInputError, match="unknown key"):
+        distill_config(qa_file, tmp_path / "x", wieght=1)
+    # A teacher trained on another base model.
+    other = cc.build_compressor(
+        "prompt_tuned", tiny_model(seed=3), context="full", prompt_vectors=0
+    )
+    other.save_pretrained(tmp_path / "other")
+    cfg = distill_config(qa_file, tmp_path / "x", teacher=str(tmp_path / "other"))
+    with pytest.raises(cc.InvalidInputError, match="must share the student's base model"):
+        Trainer(cfg)
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(qa_file, tmp_path, monkeypatch):  # noqa: F811
+    import ctxcompress.training.distillation as distillation
+
+    teacher = cc.build_compressor("prompt_tuned", tiny_model(), context="full", prompt_vectors=0)
+    teacher.save_pretrained(tmp_path / "t")
+    loaded = cc.load_compressor(tmp_path / "t")
+    loaded.tokenizer = cc.testing.tiny_tokenizer(vocab_size=300)
+    monkeypatch.setattr(distillation, "load_compressor", lambda *a, **k: loaded)
+    with pytest.raises(cc.InvalidInputError, match="another tokenizer"):
+        Trainer(distill_config(qa_file, tmp_path / "x", teacher=str(tmp_path / "t")))
+
+
+def test_embedding_lr_scale_gives_the_learned_vectors_their_own_rate(qa_file, tmp_path):  # noqa: F811
+    cfg = config("sac", qa_file, tmp_path / "e", steps=1, embedding_lr_scale=10.0, lr=1e-3)
+    trainer = Trainer(cfg)
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-3, 1e-2]
+    vectors = {id(p) for p in trainer.compressor.learned_embeddings().values()}
+    assert {id(p) for p in groups[1]["params"]} == vectors
+    assert not vectors & {id(p) for p in groups[0]["params"]}
+    trainer.run()
+    with pytest.raises(cc.InvalidInputError, match="embedding_lr_scale must be > 0"):
+        config("sac", qa_file, tmp_path / "f", embedding_lr_scale=0)
