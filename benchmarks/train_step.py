@@ -4,7 +4,12 @@ Uses the small settings of ``configs/smollm2/*-nq-r4.yaml`` (batch 4, LoRA rank 
 NQ-open oracle train passages); reports the median over ``--steps`` timed steps after one
 warm-up step, plus tokens/s (context + target tokens).
 
+``--variant NAME:KEY=VALUE;KEY=VALUE`` (repeatable) times each method again with those config
+overrides, in the same run, and reports each variant's time as a ratio to the plain step:
+
     python benchmarks/train_step.py --steps 5 --out docs/benchmarks/train_step.json
+    python benchmarks/train_step.py --methods sac,pic,icae \
+        --variant "distill:distill.weight=1" --out docs/benchmarks/train_step_distill.json
 """
 
 from __future__ import annotations
@@ -38,66 +43,87 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="config override for every method, e.g. --set train.mixed_precision=bf16",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE;...",
+        help="also time every method with these overrides, e.g. 'distill:distill.weight=1'",
+    )
     args = parser.parse_args()
+    variants: dict[str, list[str]] = {"plain": []}
+    for spec in args.variant:
+        name, _, overrides = spec.partition(":")
+        if not name or not overrides or name in variants:
+            parser.error(f"--variant {spec!r}: expected a new NAME:KEY=VALUE[;KEY=VALUE...]")
+        variants[name] = overrides.split(";")
     root = Path(__file__).resolve().parents[1]
     rows = []
     for method in args.methods.split(","):
-        config_path = root / "configs" / "smollm2" / f"{FOLDER.get(method, method)}-nq-r4.yaml"
-        with tempfile.TemporaryDirectory() as out:
-            cfg = load_config(
-                config_path,
-                [
-                    f"output_dir={out}",
-                    f"train.steps={args.steps + 1}",
-                    "train.save_every=100000",
-                    "train.log_every=1",
-                    *args.set,
-                ],
-            )
-            times: list[float] = []
-            tokens: list[int] = []
-            last = [time.perf_counter()]
-
-            def on_step(step: int, metrics: dict, times=times, tokens=tokens, last=last) -> None:
-                now = time.perf_counter()
-                if step > 1:  # the first step is warm-up
-                    times.append(now - last[0])
-                    tokens.append(metrics["tokens"])
-                last[0] = now
-
-            trainer = Trainer(cfg, base_model=load_base_model("embedded"), on_step=on_step)
-            last[0] = time.perf_counter()
-            trainer.run()
-        s = statistics.median(times)
-        rows.append(
-            {
-                "method": method,
-                "s_per_step": s,
-                "batch_size": cfg.train.batch_size,
-                "tokens_per_s": statistics.median(
-                    t / d for t, d in zip(tokens, times, strict=True)
-                ),
-                "steps_timed": len(times),
-                "overrides": args.set,
-            }
-        )
-        print(f"{method}: {s:.2f} s/step", flush=True)
+        for variant, overrides in variants.items():
+            rows.append(time_method(root, method, variant, [*args.set, *overrides], args.steps))
+            plain = next(r for r in rows if r["method"] == method and r["variant"] == "plain")
+            rows[-1]["ratio_to_plain"] = rows[-1]["s_per_step"] / plain["s_per_step"]
+            print(f"{method} {variant}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
     machine = {
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
         "processor": platform.processor(),
     }
-    table = ["| method | s / step (median) | tokens / s | batch |", "|---|---|---|---|"]
+    table = [
+        "| method | variant | s / step (median) | x plain | tokens / s | batch |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         table.append(
-            f"| {r['method']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
-            f"{r['batch_size']} |"
+            f"| {r['method']} | {r['variant']} | {r['s_per_step']:.2f} | "
+            f"{r['ratio_to_plain']:.2f} | {r['tokens_per_s']:.0f} | {r['batch_size']} |"
         )
     print("\n".join(table))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"rows": rows, "machine": machine}, indent=2) + "\n")
+
+
+def time_method(root: Path, method: str, variant: str, overrides: list[str], steps: int) -> dict:
+    """Median seconds per step of one method under ``overrides`` (first step: warm-up)."""
+    config_path = root / "configs" / "smollm2" / f"{FOLDER.get(method, method)}-nq-r4.yaml"
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(
+            config_path,
+            [
+                f"output_dir={out}",
+                f"train.steps={steps + 1}",
+                "train.save_every=100000",
+                "train.log_every=1",
+                *overrides,
+            ],
+        )
+        times: list[float] = []
+        tokens: list[int] = []
+        last = [time.perf_counter()]
+
+        def on_step(step: int, metrics: dict, times=times, tokens=tokens, last=last) -> None:
+            now = time.perf_counter()
+            if step > 1:  # the first step is warm-up
+                times.append(now - last[0])
+                tokens.append(metrics["tokens"])
+            last[0] = now
+
+        trainer = Trainer(cfg, base_model=load_base_model("embedded"), on_step=on_step)
+        last[0] = time.perf_counter()
+        trainer.run()
+    s = statistics.median(times)
+    return {
+        "method": method,
+        "variant": variant,
+        "s_per_step": s,
+        "batch_size": cfg.train.batch_size,
+        "tokens_per_s": statistics.median(t / d for t, d in zip(tokens, times, strict=True)),
+        "steps_timed": len(times),
+        "overrides": overrides,
+    }
 
 
 if __name__ == "__main__":

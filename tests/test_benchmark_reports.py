@@ -210,3 +210,43 @@ def test_kvpress_runner_scores_answers_as_ctxcompress_does():
     for prediction, golds in cases:
         assert kvpress_run.exact_match(prediction, golds) == metrics.exact_match(prediction, golds)
         assert kvpress_run.token_f1(prediction, golds) == metrics.token_f1(prediction, golds)
+
+
+def test_recipe_rows_are_valid_configs_and_its_report_lists_what_finished(tmp_path):
+    recipe = load_script("benchmarks/recipe/run.py")
+    out = tmp_path / "results"
+    teacher = out / "train" / recipe.TEACHER / "compressor"
+    teacher.mkdir(parents=True)
+    (teacher / "ctxcompress.json").write_text("{}")  # only its presence is checked here
+    args = type("Args", (), {"steps": 150, "curve_every": 25})()
+    for row in recipe.RUN_ORDER:  # every row is a valid training config, same loop
+        cfg = recipe.row_config(row, args, out)
+        assert cfg.train.steps == 150 and cfg.train.save_every == 25 and cfg.train.seed == 0
+        assert cfg.data[0].source == "nq-oracle:train" and cfg.method_options["ratio"] == 4
+    sac_all = recipe.row_config("sac/all", args, out)
+    assert sac_all.method_options["sink_tokens"] == 5
+    assert sac_all.method_options["embedding_init"] == "table"
+    assert sac_all.train.embedding_lr_scale == 10.0
+    assert sac_all.distill.teacher == str(teacher) and sac_all.distill.weight == 1.0
+    today = recipe.row_config("sac/today", args, out)
+    assert today.distill.weight == 0 and "sink_tokens" not in today.method_options
+    assert recipe.row_config("sac/distill_frozen", args, out).distill.teacher == "full_context"
+
+    fake_result("sac/today", 0.25).save(out / "eval" / "sac-today.json")
+    fake_result("sac/all", 0.5).save(out / "eval" / "sac-all.json")
+    curves = {
+        "sac/today": [{"step": 0, "f1": 0.1, "em": 0.0, "train_seconds": 1, "train_cpu_seconds": 0}]
+    }
+    (out / "curves.json").write_text(json.dumps(curves))
+    page = tmp_path / "training.md"
+    page.write_text("# Training\n<!-- begin recipe -->\n<!-- end recipe -->\nafter\n")
+    command = [sys.executable, str(ROOT / "benchmarks/recipe/run.py"), "--out", str(out)]
+    subprocess.run([*command, "--report", str(page)], check=True, capture_output=True)
+    text = page.read_text()
+    assert text.startswith("# Training\n<!-- begin recipe -->\n") and text.endswith("after\n")
+    assert "| system | F1 [95% CI] | minus sac/today |" in text
+    assert "| sac/all | 50.0 [50.0, 50.0] | **+25.0 [25.0, 25.0]** |" in text
+    assert "Not finished yet: trained_full, trained_truncation, pic/today" in text
+    assert "| sac/today | 10.0 |" in text and (tmp_path / "results" / "recipe.png").is_file()
+    bad = subprocess.run([*command, "--rows", "sac/nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown rows ['sac/nope']" in bad.stderr

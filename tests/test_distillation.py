@@ -11,7 +11,7 @@ import ctxcompress as cc
 from ctxcompress.testing import tiny_model
 from ctxcompress.training import Trainer, parse_config, qa_example
 from ctxcompress.training.distillation import FrozenFullContextTeacher
-from tests.test_training import config, params, qa_file  # noqa: F401 (fixture)
+from tests.test_training import config, params
 
 
 def distill_config(qa_file, out, method="sac", **distill):
@@ -34,7 +34,7 @@ def test_frozen_full_context_teacher_is_the_plain_model_on_the_whole_prompt():
 
 
 @pytest.mark.parametrize("method", ["sac", "pic"])
-def test_distillation_trains_and_logs_both_terms(method, qa_file, tmp_path):  # noqa: F811
+def test_distillation_trains_and_logs_both_terms(method, qa_file, tmp_path):
     trainer = Trainer(distill_config(qa_file, tmp_path / "d", method))
     trainer.run()
     line = json.loads((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -42,7 +42,7 @@ def test_distillation_trains_and_logs_both_terms(method, qa_file, tmp_path):  # 
     assert line["loss"] == pytest.approx(line["ce"] + line["kl"], rel=1e-4)
 
 
-def test_distillation_weight_zero_trains_exactly_as_without(qa_file, tmp_path):  # noqa: F811
+def test_distillation_weight_zero_trains_exactly_as_without(qa_file, tmp_path):
     plain = Trainer(config("sac", qa_file, tmp_path / "a", steps=2))
     plain.run()
     zero = Trainer(distill_config(qa_file, tmp_path / "b", weight=0.0))
@@ -53,7 +53,7 @@ def test_distillation_weight_zero_trains_exactly_as_without(qa_file, tmp_path): 
         assert torch.equal(a[name], b[name]), name
 
 
-def test_a_saved_compressor_can_be_the_teacher(qa_file, tmp_path):  # noqa: F811
+def test_a_saved_compressor_can_be_the_teacher(qa_file, tmp_path):
     full = config("prompt_tuned", qa_file, tmp_path / "full", steps=1)
     full.method_options.update({"context": "full", "prompt_vectors": 0})
     Trainer(full).run()
@@ -64,7 +64,7 @@ def test_a_saved_compressor_can_be_the_teacher(qa_file, tmp_path):  # noqa: F811
     assert line["kl"] > 0
 
 
-def test_bad_teachers_fail_before_any_step(qa_file, tmp_path):  # noqa: F811
+def test_bad_teachers_fail_before_any_step(qa_file, tmp_path):
     with pytest.raises(cc.InvalidInputError, match="is neither 'full_context'"):
         distill_config(qa_file, tmp_path / "x", teacher="gpt-5")
     with pytest.raises(cc.InvalidInputError, match="distill.temperature must be > 0"):
@@ -82,7 +82,7 @@ def test_bad_teachers_fail_before_any_step(qa_file, tmp_path):  # noqa: F811
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
 
 
-def test_a_teacher_with_another_tokenizer_is_refused(qa_file, tmp_path, monkeypatch):  # noqa: F811
+def test_a_teacher_with_another_tokenizer_is_refused(qa_file, tmp_path, monkeypatch):
     import ctxcompress.training.distillation as distillation
 
     teacher = cc.build_compressor("prompt_tuned", tiny_model(), context="full", prompt_vectors=0)
@@ -94,7 +94,7 @@ def test_a_teacher_with_another_tokenizer_is_refused(qa_file, tmp_path, monkeypa
         Trainer(distill_config(qa_file, tmp_path / "x", teacher=str(tmp_path / "t")))
 
 
-def test_embedding_lr_scale_gives_the_learned_vectors_their_own_rate(qa_file, tmp_path):  # noqa: F811
+def test_embedding_lr_scale_gives_the_learned_vectors_their_own_rate(qa_file, tmp_path):
     cfg = config("sac", qa_file, tmp_path / "e", steps=1, embedding_lr_scale=10.0, lr=1e-3)
     trainer = Trainer(cfg)
     groups = trainer.optimizer.param_groups

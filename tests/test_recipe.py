@@ -152,6 +152,16 @@ def test_compressor_saved_before_the_new_options_loads_with_the_old_behaviour(tm
     (tmp_path / "c" / "ctxcompress.json").write_text(json.dumps(header))
     config = type(comp.config).from_dict(header["config"], saved=True)
     assert (config.sink_tokens, config.embedding_init) == (0, "normal")
+    # ...and keeps its fingerprint, so the contexts it made stay readable.
+    randomize_trainables(comp)
+    comp.save_pretrained(tmp_path / "d")
+    header = json.loads((tmp_path / "d" / "ctxcompress.json").read_text())
+    for key in ("sink_tokens", "embedding_init", "encoder_attention_warmup_steps"):
+        header["config"].pop(key)
+    (tmp_path / "d" / "ctxcompress.json").write_text(json.dumps(header))
+    again = cc.load_compressor(tmp_path / "d", base_model=tiny_model())
+    assert again.fingerprint == header["fingerprint"] == comp.fingerprint
+    assert build("sac", sink_tokens=1).fingerprint != build("sac").fingerprint
 
 
 # ----------------------------------------------------------------------------- init
@@ -198,17 +208,22 @@ def test_distillation_weight_zero_is_the_plain_loss_and_self_teacher_gives_kl_ze
     weighted, _ = comp(
         ctx, prompts, targets, teacher_logits=teacher, teacher_rows=[0, 1], distill_weight=3.0
     )
-    assert float(weighted) == pytest.approx(float(plain), abs=1e-4)
+    assert float(weighted.detach()) == pytest.approx(float(plain.detach()), abs=1e-4)
     # Another teacher: the KL term is positive and enters with weight * T^2.
     other = teacher + torch.randn(teacher.shape, generator=torch.Generator().manual_seed(0))
     w, t = 0.5, 2.0
     loss, _ = comp(
-        ctx, prompts, targets, teacher_logits=other, teacher_rows=[0, 1], distill_weight=w,
+        ctx,
+        prompts,
+        targets,
+        teacher_logits=other,
+        teacher_rows=[0, 1],
+        distill_weight=w,
         temperature=t,
     )
     kl = comp.last_loss_terms["kl"]
     assert kl > 0
-    assert float(loss) == pytest.approx(float(plain) + w * t * t * kl, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(plain.detach()) + w * t * t * kl, rel=1e-5)
 
 
 def test_distillation_over_some_rows_only():
@@ -221,3 +236,43 @@ def test_distillation_over_some_rows_only():
     assert comp.last_loss_terms["kl"] == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(InvalidInputError, match="teacher logits"):
         comp(ctx, prompts, targets, teacher_logits=teacher, teacher_rows=[1], distill_weight=1.0)
+
+
+# ----------------------------------------------------------------------------- SAC warm start
+def test_sac_encoder_attention_warmup_is_causal_while_training_only():
+    warm = build("sac", encoder_attention_warmup_steps=2)
+    causal = build("sac", encoder_attention="causal")
+    bidirectional = build("sac")
+    for comp in (warm, causal, bidirectional):
+        randomize_trainables(comp)
+    ids = [long_ids(warm, 30)]
+
+    def keys(comp):
+        with torch.no_grad():
+            return comp.encode_ids(ids)[0].keys
+
+    warm.train()
+    warm.training_step = 1
+    torch.testing.assert_close(keys(warm), keys(causal))
+    warm.training_step = 2
+    torch.testing.assert_close(keys(warm), keys(bidirectional))
+    warm.training_step = 0
+    torch.testing.assert_close(
+        warm.compress_ids(ids)[0].keys, bidirectional.compress_ids(ids)[0].keys
+    )
+    assert not torch.allclose(keys(causal), keys(bidirectional))
+    with pytest.raises(InvalidInputError, match="encoder_attention_warmup_steps"):
+        build("sac", encoder_attention_warmup_steps=-1)
+
+
+def test_trainer_tells_the_compressor_its_step(qa_file, tmp_path):
+    from ctxcompress.training import Trainer
+
+    from .test_training import config
+
+    seen = []
+    cfg = config("sac", qa_file, tmp_path / "w", steps=3)
+    cfg.method_options["encoder_attention_warmup_steps"] = 2
+    trainer = Trainer(cfg, on_step=lambda step, m: seen.append(trainer.compressor.training_step))
+    trainer.run()
+    assert seen == [0, 1, 2]  # the step count before each optimizer step

@@ -23,23 +23,6 @@ from ctxcompress.training import (
 )
 from tests.conftest import make_sac, randomize_trainables
 
-WORDS = ["alpha", "bravo", "charlie", "delta"]
-
-
-@pytest.fixture
-def qa_file(tmp_path):
-    records = [
-        {
-            "context": f"The secret code of box {i} is {w}. It was stored in the attic.",
-            "question": f"What is the code of box {i}?",
-            "answers": [w],
-        }
-        for i, w in enumerate(WORDS)
-    ]
-    path = tmp_path / "qa.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return path
-
 
 def config(method, qa_file, out, **train):
     loop = {

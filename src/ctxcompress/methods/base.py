@@ -146,9 +146,15 @@ class CompressorConfig:
         return config
 
 
-LEGACY_DEFAULTS: dict[str, Any] = {"embedding_init": "normal", "sink_tokens": 0}
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "embedding_init": "normal",
+    "sink_tokens": 0,
+    "encoder_attention_warmup_steps": 0,
+}
 """Options added after compressors were first saved, with the values that reproduce how a
-compressor saved without them behaved (see :meth:`CompressorConfig.from_dict`)."""
+compressor saved without them behaved (see :meth:`CompressorConfig.from_dict`). At those
+values they are left out of the fingerprint, so such a compressor keeps its fingerprint (and
+the contexts it made stay readable)."""
 
 
 class Compressor(nn.Module):
@@ -204,6 +210,9 @@ class Compressor(nn.Module):
         self.lm_embedding = nn.Parameter(self._learned_vectors(hidden)) if use_lm else None
         use_ae = self.uses_lm_token and config.autoencoding
         self.ae_embedding = nn.Parameter(self._learned_vectors(hidden)) if use_ae else None
+        self.training_step = 0
+        """Optimizer steps taken so far; the trainer sets it before each step (read by
+        step-dependent recipes, e.g. SAC's ``encoder_attention_warmup_steps``)."""
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
         self._merge_encoder = False
         self._merged_cache: tuple[tuple[int, ...], list[nn.Parameter]] | None = None
@@ -321,7 +330,12 @@ class Compressor(nn.Module):
         versions = tuple(p._version for p in params.values())
         if self._fingerprint_cache is None or self._fingerprint_cache[0] != versions:
             h = hashlib.sha256(self.method.encode())
-            h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            config = {
+                k: v
+                for k, v in self.config.to_dict().items()
+                if not (k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k])
+            }
+            h.update(json.dumps(config, sort_keys=True).encode())
             h.update(self.base_fingerprint.encode())
             for name, p in sorted(params.items()):
                 h.update(name.encode())

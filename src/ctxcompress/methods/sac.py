@@ -24,6 +24,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..context import CompressedContext
+from ..errors import InvalidInputError
 from ..masks import for_backend, padded_chunk_mask
 from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
@@ -45,6 +46,18 @@ class SACConfig(CompressorConfig):
     """Segment centres (default) or the same number of random tokens per chunk (ablation)."""
     encoder_attention: Literal["bidirectional", "causal"] = "bidirectional"
     """Attention inside an encoder chunk; "causal" is the paper's ablation."""
+    encoder_attention_warmup_steps: int = 0
+    """Training only: encode causally for the first N optimizer steps, then with
+    ``encoder_attention`` (a warm start from the attention the base model was pretrained
+    with; METHODS.md §7). Compression outside training always uses ``encoder_attention``."""
+
+    def validate(self) -> None:
+        super().validate()
+        steps = self.encoder_attention_warmup_steps
+        if not isinstance(steps, int) or steps < 0:
+            raise InvalidInputError(
+                f"encoder_attention_warmup_steps must be an integer >= 0, got {steps!r}"
+            )
 
 
 @dataclass
@@ -73,6 +86,16 @@ class SACCompressor(Compressor):
     def first_decoder_position(self, ctx: CompressedContext) -> int:
         """``[LM]`` takes position L (+ ``decoder_position_offset``), whatever C is."""
         return ctx.original_length + self.config.decoder_position_offset
+
+    @property
+    def encoder_attention(self) -> str:
+        """The encoder mask now: causal during the training warm-up, else the configured one."""
+        warmup = self.config.encoder_attention_warmup_steps
+        return (
+            "causal"
+            if self.training and self.training_step < warmup
+            else (self.config.encoder_attention)
+        )
 
     @property
     def anchors_per_chunk(self) -> int:
@@ -151,7 +174,7 @@ class SACCompressor(Compressor):
         if self.anchor_embedding is not None:
             marks = self.anchor_embedding[slots if len(self.anchor_embedding) > 1 else 0 * slots]
             embeds = embeds.index_put((rows, cols), marks.to(embeds.dtype), accumulate=True)
-        mask = padded_chunk_mask(valid, self.config.encoder_attention)
+        mask = padded_chunk_mask(valid, self.encoder_attention)
         mask = for_backend(mask, self.lm.config._attn_implementation, embeds.dtype)
         cache = DynamicCache(config=self.lm.config)
         self.backbone(

@@ -314,6 +314,7 @@ class Trainer:
         acc, model = self.accelerator, self.model
         micro = self._my_micro_batches(self.sampler.take(self.loop.batch_size))
         targets, tokens = self._global_tokens(micro)
+        acc.unwrap_model(model).training_step = self.step
         model.train()
         loss_total = torch.zeros((), device=acc.device)
         terms = torch.zeros(2, device=acc.device)  # CE and KL sums, for the log
