@@ -105,3 +105,49 @@ def test_embedding_lr_scale_gives_the_learned_vectors_their_own_rate(qa_file, tm
     trainer.run()
     with pytest.raises(cc.InvalidInputError, match="embedding_lr_scale must be > 0"):
         config("sac", qa_file, tmp_path / "f", embedding_lr_scale=0)
+
+
+def test_sparse_kl_over_the_whole_vocabulary_is_the_full_kl():
+    from ctxcompress.methods.base import distillation_kl
+
+    student, teacher = torch.randn(3, 17), torch.randn(3, 17)
+    full = distillation_kl(student, teacher, 2.0)
+    values, indices = teacher.topk(17, dim=-1)
+    torch.testing.assert_close(distillation_kl(student, values, 2.0, indices), full)
+    top3, ids3 = teacher.topk(3, dim=-1)
+    assert float(distillation_kl(student, top3, 1.0, ids3)) > 0
+    # Zero only when the student puts the teacher's renormalised top-k mass there, and
+    # nothing elsewhere.
+    exact = torch.full((3, 17), -1e4).scatter(-1, ids3, top3)
+    assert float(distillation_kl(exact, top3, 1.0, ids3)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cached_top_k_teacher_runs_once_per_example(qa_file, tmp_path, monkeypatch):
+    import ctxcompress.training.distillation as distillation
+
+    cache = tmp_path / "cache"
+    first = Trainer(distill_config(qa_file, tmp_path / "a", top_k=8, cache_dir=str(cache)))
+    first.run()
+    entries = list(cache.rglob("*.safetensors"))
+    assert len(entries) == 4  # the 4 distinct examples of the file
+    line = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["kl"] > 0
+
+    def no_teacher(self, examples):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(distillation.FrozenFullContextTeacher, "logits", no_teacher)
+    second = Trainer(distill_config(qa_file, tmp_path / "b", top_k=8, cache_dir=str(cache)))
+    second.run()
+    a, b = params(first.compressor), params(second.compressor)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_top_k_and_cache_options_are_checked(qa_file, tmp_path):
+    with pytest.raises(cc.InvalidInputError, match="set distill.top_k too"):
+        distill_config(qa_file, tmp_path / "x", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(cc.InvalidInputError, match="distill.top_k must be >= 0"):
+        distill_config(qa_file, tmp_path / "x", top_k=-2)
+    with pytest.raises(cc.InvalidInputError, match="exceeds the vocabulary"):
+        Trainer(distill_config(qa_file, tmp_path / "x", top_k=10**6))

@@ -606,6 +606,7 @@ class Compressor(nn.Module):
         tasks: Sequence[str] | None = None,
         *,
         teacher_logits: torch.Tensor | None = None,
+        teacher_indices: torch.Tensor | None = None,
         teacher_rows: Sequence[int] = (),
         distill_weight: float = 0.0,
         temperature: float = 1.0,
@@ -621,8 +622,10 @@ class Compressor(nn.Module):
         target positions of the rows ``teacher_rows`` (in row order, as
         :meth:`target_logits` gives them) — the sum becomes
         ``CE + distill_weight * T^2 * KL(teacher_T || student_T)`` summed over those
-        positions, ``T = temperature``. ``last_loss_terms`` keeps the two sums (detached)
-        for logging.
+        positions, ``T = temperature``. With ``teacher_indices`` ``[N, k]`` the teacher is
+        sparse: ``teacher_logits`` ``[N, k]`` are its top-k logits at those vocabulary ids
+        (see :func:`distillation_kl`). ``last_loss_terms`` keeps the two sums (detached) for
+        logging.
         """
         logits, labels, row_index = self.target_logits(context_ids, prompt_ids, target_ids, tasks)
         ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
@@ -631,13 +634,14 @@ class Compressor(nn.Module):
         if teacher_logits is not None and len(teacher_rows):
             chosen = torch.isin(row_index, torch.tensor(list(teacher_rows), device=ce.device))
             student = logits[chosen]
-            if teacher_logits.shape != student.shape:
+            expected = student.shape if teacher_indices is None else teacher_indices.shape
+            if teacher_logits.shape != expected or len(teacher_logits) != len(student):
                 raise InvalidInputError(
                     f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
                     f"{tuple(student.shape)} target positions: the teacher must read the same "
                     "tokens with the same vocabulary"
                 )
-            kl = distillation_kl(student, teacher_logits.float(), temperature)
+            kl = distillation_kl(student, teacher_logits.float(), temperature, teacher_indices)
             loss = ce + distill_weight * temperature**2 * kl
         self.last_loss_terms = {"ce": float(ce.detach()), "kl": float(kl.detach())}
         return loss, len(labels)
@@ -860,12 +864,23 @@ class Compressor(nn.Module):
 
 
 def distillation_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    teacher_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sum over positions of KL(softmax(teacher/T) || softmax(student/T))`` (Hinton et
-    al.'s distillation term; multiply by ``T^2`` to keep its gradient scale)."""
+    al.'s distillation term; multiply by ``T^2`` to keep its gradient scale).
+
+    Sparse teacher (``teacher_indices`` ``[N, k]``, ``teacher_logits`` ``[N, k]``: its top-k
+    logits): the teacher is renormalised over its top k tokens and compared with the
+    student's full-vocabulary probabilities there, ``sum_k p_k (log p_k - log q_k)``. That is
+    >= 0 and 0 only when the student puts exactly the teacher's top-k probabilities there.
+    """
     student = torch.log_softmax(student_logits / temperature, dim=-1)
     teacher = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    if teacher_indices is not None:
+        student = student.gather(-1, teacher_indices.to(student.device).long())
     return torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="sum")
 
 

@@ -90,8 +90,17 @@ class DistillConfig:
     teacher: str = "full_context"
     """``full_context`` (the frozen base model reading the whole context) or a saved
     compressor folder on the same base model (e.g. a trained full-context model)."""
+    top_k: int = 0
+    """Keep only the teacher's k most likely tokens per position (0: the full distribution)."""
+    cache_dir: str | None = None
+    """Store the teacher's top-k logits per example here (needs ``top_k``), so that every
+    epoch and every run sharing the folder computes each example's teacher pass once."""
 
     def __post_init__(self) -> None:
+        try:
+            self.top_k = int(self.top_k)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"distill.top_k must be an int, got {self.top_k!r}") from None
         for name in ("weight", "temperature"):
             value = getattr(self, name)
             try:
@@ -146,6 +155,13 @@ class TrainConfig:
             raise InvalidInputError(f"distill.weight must be >= 0, got {distill.weight}")
         if distill.temperature <= 0:
             raise InvalidInputError(f"distill.temperature must be > 0, got {distill.temperature}")
+        if distill.top_k < 0:
+            raise InvalidInputError(f"distill.top_k must be >= 0, got {distill.top_k}")
+        if distill.cache_dir and not distill.top_k:
+            raise InvalidInputError(
+                "distill.cache_dir stores the teacher's top-k logits: set distill.top_k too "
+                "(e.g. 64)"
+            )
         if distill.weight > 0:
             check_teacher_spec(distill.teacher)
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():

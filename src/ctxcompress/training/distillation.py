@@ -7,6 +7,12 @@ loss becomes ``CE + w * T^2 * KL(teacher_T || student_T)`` over the target token
 teacher's logits computed in the same step under ``no_grad``
 (:meth:`~ctxcompress.methods.base.Compressor.forward` adds the term).
 
+With ``distill.top_k = k`` only the teacher's k most likely tokens per position are kept
+(renormalised; :func:`~ctxcompress.methods.base.distillation_kl`), and with
+``distill.cache_dir`` those are stored on disk per example (keyed by the teacher's identity,
+k and the example's token ids), so an example's teacher pass runs once for every epoch and
+every run that shares the cache: the teachers here are frozen, so their logits never change.
+
 Teachers (``distill.teacher``):
 
 * ``full_context`` — the frozen base model (the student's own weights, adapter off) reading
@@ -19,15 +25,24 @@ Teachers (``distill.teacher``):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidInputError
 from ..methods import Compressor, load_compressor
 from ..methods.base import CONFIG_FILE, read_header
 from .objectives import TrainExample
+
+if TYPE_CHECKING:
+    from .config import DistillConfig
 
 FULL_CONTEXT = "full_context"
 
@@ -35,9 +50,75 @@ FULL_CONTEXT = "full_context"
 class Teacher:
     """Logits of a teacher at the target positions of ``[LM]`` examples."""
 
+    identity: str = ""
+    """What makes two teachers give the same logits (the cache key's first part)."""
+
     def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
         """``[sum of target lengths, vocab]`` float32, in example order, no gradients."""
         raise NotImplementedError
+
+
+@dataclass
+class TeacherTargets:
+    """What the loss receives from a teacher: full logits, or its top-k logits and their
+    vocabulary ids (``top_k`` > 0), read from / written to ``cache_dir`` when given."""
+
+    teacher: Teacher
+    top_k: int = 0
+    cache_dir: Path | None = None
+
+    def __call__(
+        self, examples: Sequence[TrainExample]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.top_k:
+            return self.teacher.logits(examples), None
+        found = [self._load(e) for e in examples]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            logits = self.teacher.logits([examples[i] for i in missing])
+            values, indices = logits.topk(self.top_k, dim=-1)
+            sizes = [len(examples[i].target_ids) for i in missing]
+            for i, v, ix in zip(missing, values.split(sizes), indices.split(sizes), strict=True):
+                found[i] = (v, ix.int())
+                self._store(examples[i], v, ix.int())
+        values = torch.cat([f[0] for f in found])  # type: ignore[index]
+        return values, torch.cat([f[1] for f in found])  # type: ignore[index]
+
+    def _path(self, example: TrainExample) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = json.dumps(
+            [
+                self.teacher.identity,
+                self.top_k,
+                example.context_ids,
+                example.prompt_ids,
+                example.target_ids,
+            ]
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.cache_dir / digest[:2] / f"{digest}.safetensors"
+
+    def _load(self, example: TrainExample) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = self._path(example)
+        if path is None or not path.is_file():
+            return None
+        try:
+            tensors = load_file(str(path))
+        except Exception:  # a damaged entry is recomputed, never trusted
+            return None
+        return tensors["values"], tensors["indices"]
+
+    def _store(self, example: TrainExample, values: torch.Tensor, indices: torch.Tensor) -> None:
+        path = self._path(example)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file(
+            {"values": values.contiguous().cpu(), "indices": indices.contiguous().cpu()}, str(tmp)
+        )
+        os.replace(tmp, path)  # atomic: readers never see half an entry
 
 
 class FrozenFullContextTeacher(Teacher):
@@ -45,6 +126,7 @@ class FrozenFullContextTeacher(Teacher):
 
     def __init__(self, student: Compressor) -> None:
         self.student = student
+        self.identity = f"{FULL_CONTEXT}:{student.base_fingerprint}"
 
     @torch.no_grad()
     def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
@@ -80,6 +162,7 @@ class CompressorTeacher(Teacher):
 
     def __init__(self, teacher: Compressor) -> None:
         self.teacher = teacher.eval()
+        self.identity = f"{teacher.method}:{teacher.fingerprint}"
 
     @torch.no_grad()
     def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
@@ -102,6 +185,15 @@ def check_teacher_spec(teacher: str) -> None:
             "the whole context) nor a saved compressor folder (one holding "
             f"{CONFIG_FILE}, e.g. <output_dir>/compressor of a trained full-context run)"
         )
+
+
+def build_teacher_targets(config: DistillConfig, student: Compressor) -> TeacherTargets:
+    """The teacher of ``config`` for ``student``, with its top-k and cache settings."""
+    vocab = student.lm.get_output_embeddings().weight.shape[0]
+    if config.top_k > vocab:
+        raise InvalidInputError(f"distill.top_k={config.top_k} exceeds the vocabulary ({vocab})")
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    return TeacherTargets(build_teacher(config.teacher, student), config.top_k, cache)
 
 
 def build_teacher(teacher: str, student: Compressor) -> Teacher:
@@ -141,6 +233,8 @@ __all__ = [
     "CompressorTeacher",
     "FrozenFullContextTeacher",
     "Teacher",
+    "TeacherTargets",
     "build_teacher",
+    "build_teacher_targets",
     "check_teacher_spec",
 ]

@@ -38,7 +38,7 @@ from ..methods.base import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
 from .config import DataSource, DistillConfig, LoopConfig, TrainConfig
-from .distillation import build_teacher
+from .distillation import build_teacher_targets
 from .objectives import (
     TrainExample,
     autoencoding_example,
@@ -158,7 +158,7 @@ class Trainer:
             self.loop.seed,
         )
         distill = config.distill
-        self.teacher = build_teacher(distill.teacher, comp) if distill.weight > 0 else None
+        self.teacher = build_teacher_targets(distill, comp) if distill.weight > 0 else None
         params = comp.trainable_parameters()
         if not params:
             raise InvalidInputError(f"{config.method} has nothing to train")
@@ -362,8 +362,10 @@ class Trainer:
         rows = [i for i, e in enumerate(examples) if e.task == "lm"]
         if self.teacher is None or not rows:
             return {}
+        logits, indices = self.teacher([examples[i] for i in rows])
         return {
-            "teacher_logits": self.teacher.logits([examples[i] for i in rows]),
+            "teacher_logits": logits,
+            "teacher_indices": indices,
             "teacher_rows": rows,
             "distill_weight": self.config.distill.weight,
             "temperature": self.config.distill.temperature,
