@@ -250,3 +250,25 @@ def test_recipe_rows_are_valid_configs_and_its_report_lists_what_finished(tmp_pa
     assert "| sac/today | 10.0 |" in text and (tmp_path / "results" / "recipe.png").is_file()
     bad = subprocess.run([*command, "--rows", "sac/nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown rows ['sac/nope']" in bad.stderr
+
+
+def test_fair_recipe_rows_use_the_levers_and_the_same_loop(tmp_path):
+    fair = load_script("benchmarks/fair/run.py")
+    teacher = tmp_path / "train" / "trained_full" / "stage2" / "compressor"
+    teacher.mkdir(parents=True)
+    (teacher / "ctxcompress.json").write_text("{}")
+    args = type("Args", (), {"stage1_steps": 100, "stage2_steps": 200, "curve_every": 50})()
+    old1, new1 = (fair.stage_config(s, "r4", 1, args, tmp_path) for s in ("pic", "pic_recipe"))
+    old2, new2 = (fair.stage_config(s, "r4", 2, args, tmp_path) for s in ("pic", "pic_recipe"))
+    assert {d.objective for d in old1.data} == {"continuation", "autoencoding"}
+    assert {d.objective for d in new1.data} == {"continuation"}  # no autoencoding
+    assert new2.method_options["sink_tokens"] == 5 and new2.train.embedding_lr_scale == 10.0
+    assert new2.distill.teacher == str(teacher) and new1.distill.weight == 0
+    assert old2.distill.weight == 0 and "sink_tokens" not in old2.method_options
+    for a, b in ((old1, new1), (old2, new2)):  # same budget, batches and optimiser
+        assert (a.train.steps, a.train.batch_size, a.train.lr, a.train.seed) == (
+            b.train.steps,
+            b.train.batch_size,
+            b.train.lr,
+            b.train.seed,
+        )

@@ -18,7 +18,10 @@ Systems (all trained with the same data, steps, batch and optimiser):
   its head cut to the budget / nothing, and only a soft prompt (8 vectors + ``[LM]``) is
   trained (~5k parameters instead of LoRA's ~1.8M): the issue's prompt-tuned upper bound,
   the cheapest compressor, the lower bound;
-* zero-shot full context and truncation through the chat template, for reference.
+* zero-shot full context and truncation through the chat template, for reference;
+* ``<compressor>_recipe``: the five compressors again on the small-budget recipe of the
+  "compressors that learn" issue (attention sink, token-scale learned vectors with 10x lr,
+  no autoencoding, stage-2 distillation from this setting's ``trained_full``; docs/training.md).
 
 Recipe: stage 1 (``--stage1-steps``) on offline text: the ACLSum full-text papers from PyPI
 and the NQ-train long-answer paragraphs, cut into windows; continuation for everyone, plus
@@ -103,6 +106,23 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     },
     "pt_none": {"method": "prompt_tuned", "options": {**PROMPT, "context": "none"}},
 }
+# The small-budget recipe of the "compressors that learn" issue (docs/training.md, its
+# ablation in benchmarks/recipe/run.py): the attention sink (BOS + "### Context:\n", inside
+# the budget), learned vectors at token scale with 10x the lr, distillation in stage 2 from
+# this setting's trained_full, and no autoencoding in stage 1 (the SAC paper's ablation: AE
+# hurts at small budgets). Same data, steps and batches as the rows above.
+RECIPE_OPTIONS = {"sink_tokens": 5, "embedding_init": "table"}
+RECIPE_TRAIN = {"embedding_lr_scale": 10.0}
+TEACHER = "trained_full"
+COMPRESSORS = ("sac", "pic", "icae", "500x", "epl")
+for _m in COMPRESSORS:
+    SYSTEMS[f"{_m}_recipe"] = {
+        "method": SYSTEMS[_m]["method"],
+        "options": {**LORA, **RECIPE_OPTIONS},
+        "autoencoding": False,
+        "train": RECIPE_TRAIN,
+        "distill": TEACHER,
+    }
 ZERO_SHOT = ("zs_full_context", "zs_truncation")
 DESCRIPTION = {
     "r4": "ratio 4 on single gold passages (~150 tokens)",
@@ -122,6 +142,7 @@ RUN_ORDER = (
     "pt_truncation",
     "pt_none",
     *ZERO_SHOT,
+    *(f"{m}_recipe" for m in COMPRESSORS),
 )
 # The rows every system is compared against, item by item, in the report: the baseline to
 # beat (trained truncation) and the issue's prompt-tuned upper bound.
@@ -157,6 +178,7 @@ def stage_config(system: str, setting: str, stage: int, args, out: Path) -> Any:
         "continuation_min_tokens": 32,
         "continuation_max_tokens": spec["window"],
         "document_windows": True,
+        **info.get("train", {}),
     }
     config = {
         "method": info["method"],
@@ -168,6 +190,9 @@ def stage_config(system: str, setting: str, stage: int, args, out: Path) -> Any:
     }
     if stage == 2 and args.stage1_steps > 0:
         config["init_from"] = str(out / "train" / system / "stage1" / "compressor")
+    if stage == 2 and info.get("distill"):
+        teacher = out / "train" / info["distill"] / "stage2" / "compressor"
+        config["distill"] = {"weight": 1.0, "temperature": 1.0, "teacher": str(teacher)}
     return parse_config(config)
 
 
@@ -238,6 +263,11 @@ def run_setting(setting: str, args) -> tuple[list[str], list[EvalResult]]:
         if path.is_file():
             continue
         if system in SYSTEMS:
+            teacher = SYSTEMS[system].get("distill")
+            if teacher and not (out / "train" / teacher / "stage2" / "compressor").is_dir():
+                # The teacher's weights are not kept in git: train it again (deterministic:
+                # the same weights; its recorded curve points and test scores are reused).
+                train_system(teacher, setting, args, out, dev)
             comp = train_system(system, setting, args, out, dev)
             label = f"{system}@{spec['ratio']}x"
         else:
