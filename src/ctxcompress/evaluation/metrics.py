@@ -22,6 +22,10 @@ Both conventions score a single example in [0, 1]; the aggregates (:func:`score_
 :func:`score_summaries`) report means as fractions in [0, 1], not percentages (the official
 scripts multiply by 100 when printing).
 
+**RULER** (Hsieh et al., 2024; long-context synthetic tasks): :func:`string_match`, the share
+of the references found in the prediction, case-insensitive (``"all"``: RULER's
+``string_match_all``; ``"part"``: 1 if any is found, its ``string_match_part``).
+
 **Summarisation**: ROUGE-1/2/L F-measure from Google's ``rouge-score`` package
 (:func:`rouge_scores`), with its default tokeniser and the Porter stemmer.
 """
@@ -216,6 +220,16 @@ def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
         )
     scores = _rouge_scorer().score(reference, prediction)  # signature: score(target, pred)
     return {k: float(scores[k].fmeasure) for k in ROUGE_KEYS}
+
+
+def string_match(prediction: str, references: Sequence[str], mode: str = "all") -> float:
+    """RULER's string match of one prediction, in [0, 1] (see the module docstring)."""
+    if mode not in ("all", "part"):
+        raise ValueError(f"string_match mode must be 'all' or 'part', got {mode!r}")
+    if not references:
+        return 0.0
+    found = [r.lower() in prediction.lower() for r in references]
+    return sum(found) / len(found) if mode == "all" else float(any(found))
 
 
 # --------------------------------------------------------------------------------------------

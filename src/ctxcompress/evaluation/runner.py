@@ -122,6 +122,9 @@ def evaluate(
         timing["generate"] += time.perf_counter() - start
         for e, q, a, g, c in zip(batch, questions, answers, golds, compressed, strict=True):
             scores = metrics.rouge_scores(a, g[0]) if summarization else metrics.qa_scores(a, g)
+            if not summarization and "references" in e.meta:  # RULER-style items
+                refs, mode = e.meta["references"], e.meta.get("match", "all")
+                scores["string_match"] = metrics.string_match(a, refs, mode)
             predictions.append(
                 Prediction(
                     id=e.id,
@@ -186,6 +189,8 @@ SUMMARY_COLUMNS = [("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROU
 def markdown_table(results: Sequence[EvalResult]) -> str:
     """One row per result: scores in %, mean context and compressed lengths, ratio."""
     columns = SUMMARY_COLUMNS if results[0].task == "summarization" else QA_COLUMNS
+    if all("string_match" in r.overall for r in results):
+        columns = [*columns, ("string_match", "string match (RULER)")]
     head = ["system", *[c for _, c in columns], "L (tokens)", "C (tokens)", "ratio", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
