@@ -64,7 +64,7 @@ def test_shuffled_is_deterministic():
 
 def test_unknown_spec_prefix_and_option():
     with pytest.raises(DataError, match=r"unknown data spec.*known prefixes"):
-        load_qa("squad:train")
+        load_qa("trivia:train")
     with pytest.raises(DataError, match="unknown data spec"):
         load_texts("nonexistent-file.bin")
     with pytest.raises(DataError, match="load_texts or load_summarization"):
