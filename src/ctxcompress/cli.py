@@ -585,9 +585,17 @@ def report(
             "system's paired difference from it, with 95% bootstrap intervals over the items."
         ),
     ] = None,
+    depth_bins: Annotated[
+        int, typer.Option(min=1, help="Bins of [0, 1] for the quality-by-depth plot.")
+    ] = 5,
 ) -> None:
-    """Draw quality against compression ratio for several evaluation runs, and print the table."""
+    """Draw quality against compression ratio for several evaluation runs, and print the table.
+
+    When every prediction records where its answer is (RULER ``depth``, SQuAD
+    ``answer_depth`` or the ``gold_position`` of multi-passage contexts), also draw quality
+    against that depth (``<out>_depth.png``)."""
     from .evaluation import EvalResult, difference_table, markdown_table, plot_quality_vs_ratio
+    from .evaluation.report import depth_key, plot_quality_vs_depth
 
     loaded = [EvalResult.load(p) for p in results]
     if len({r.task for r in loaded}) > 1:
@@ -604,6 +612,12 @@ def report(
         table = difference_table(loaded, [labels[a] for a in against], metric or default)
         console.print(table, soft_wrap=True)
     console.print(f"plot: {plot_quality_vs_ratio(loaded, out, metric=metric, title=title)}")
+    if key := depth_key(loaded):
+        depth_out = out.with_name(f"{out.stem}_depth{out.suffix}")
+        plot_quality_vs_depth(
+            loaded, depth_out, key=key, metric=metric, bins=depth_bins, title=title
+        )
+        console.print(f"plot by {key}: {depth_out}")
 
 
 @app.command()

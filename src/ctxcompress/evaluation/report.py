@@ -1,4 +1,5 @@
-"""Plots of quality against compression ratio from saved evaluation results."""
+"""Plots of quality against compression ratio, and against where the answer sits in the
+context, from saved evaluation results."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ LABELS = {
     "rouge1": "ROUGE-1",
     "rouge2": "ROUGE-2",
     "rougeL": "ROUGE-L",
+    "string_match": "string match (RULER)",
 }
 
 
@@ -52,6 +54,74 @@ def plot_quality_vs_ratio(
         ax.plot(xs, ys, style, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("compression ratio L / C (log scale)")
+    ax.set_ylabel(f"{LABELS.get(metric, metric)} (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+DEPTH_KEYS = ("depth", "answer_depth", "gold_position")
+"""Prediction ``meta`` keys that say where the answer is: RULER needle / gold-document depth
+(0..1), SQuAD answer offset / paragraph length (0..1), index of the gold passage."""
+
+
+def depth_key(results: Sequence[EvalResult]) -> str | None:
+    """The first of :data:`DEPTH_KEYS` that every prediction of every result records."""
+    for key in DEPTH_KEYS:
+        if all(key in p.meta for r in results for p in r.predictions):
+            return key
+    return None
+
+
+def quality_by_depth(
+    result: EvalResult, key: str, metric: str, bins: int = 5
+) -> list[tuple[float, float, int]]:
+    """``(bin centre, mean metric, n)`` per depth bin: ``bins`` equal bins of [0, 1] for a
+    fraction, one bin per value for an integer position (``gold_position``)."""
+    groups: dict[float, list[float]] = defaultdict(list)
+    for p in result.predictions:
+        value = p.meta[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            centre = float(value)
+        else:
+            index = min(int(float(value) * bins), bins - 1)
+            centre = (index + 0.5) / bins
+        groups[centre].append(p.scores[metric])
+    return [(c, sum(v) / len(v), len(v)) for c, v in sorted(groups.items())]
+
+
+def plot_quality_vs_depth(
+    results: Sequence[EvalResult],
+    out: str | Path,
+    *,
+    key: str,
+    metric: str | None = None,
+    bins: int = 5,
+    title: str | None = None,
+) -> Path:
+    """One line per result: mean quality per depth bin (:func:`quality_by_depth`); PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("no results to plot")
+    metric = metric or DEFAULT_METRIC[results[0].task]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in results:
+        points = quality_by_depth(r, key, metric, bins)
+        ax.plot(
+            [c for c, _, _ in points], [100 * m for _, m, _ in points], marker="o", label=r.method
+        )
+    ax.set_xlabel(f"{key} of the answer in the context")
     ax.set_ylabel(f"{LABELS.get(metric, metric)} (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
