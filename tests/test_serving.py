@@ -636,3 +636,26 @@ def test_text_stream_deltas_join_to_the_final_answer(ref, text, stops):
     deltas = [stream.push(t) for t in ids]
     deltas.append(stream.finish(final))
     assert "".join(deltas) == final
+
+
+def test_service_and_generate_agree_on_the_position_limit(tmp_path):
+    """Regression: the service counted one opener vector ([LM]) where a prompt-tuned
+    compressor has prompt_vectors + 1, so it accepted requests generation then refused."""
+    from ctxcompress.testing import tiny_model
+
+    comp = cc.build_compressor(
+        "prompt_tuned", tiny_model(max_positions=64), context="full", prompt_vectors=8
+    )
+    ctx = comp.compress("The committee met in Paris.")
+    service = create_app(comp, tmp_path / "store").state.service
+    question = "Where?"
+    n = len(comp.question_ids(question))
+    room = 64 - comp.positions_needed(ctx, n, 0)
+    assert room > 1
+    service.check_questions(ctx, [question], room)  # fits: accepted, and generation works
+    assert isinstance(comp.generate(ctx, question, max_new_tokens=room), str)
+    with pytest.raises(Exception, match="exceed the model's 64 positions") as refused:
+        service.check_questions(ctx, [question], room + 1)
+    assert refused.value.status == 413
+    with pytest.raises(cc.ContextTooLongError):
+        comp.generate(ctx, question, max_new_tokens=room + 1)

@@ -480,6 +480,14 @@ class Compressor(nn.Module):
             return int(ctx.positions.max()) + 1
         return ctx.compressed_length + self.config.position_start
 
+    def positions_needed(self, ctx: CompressedContext, prompt_length: int, new_tokens: int) -> int:
+        """Positions an answer of ``new_tokens`` to a ``prompt_length``-token question prompt
+        reaches after ``ctx``: the one rule ``generate`` and the service both check against
+        the model's positions (the opener — ``[LM]`` and any prompt vectors — included)."""
+        opener = self.task_prefix("lm")
+        opener_length = 0 if opener is None else int(opener.shape[0])
+        return self.first_decoder_position(ctx) + opener_length + prompt_length + new_tokens
+
     def task_embedding(self, task: str) -> torch.Tensor | None:
         """The learned embedding that opens the decoder prompt: ``[LM]`` or ``[AE]``."""
         if task == "lm":
@@ -693,11 +701,8 @@ class Compressor(nn.Module):
             )
         prompt_ids = [self.question_ids(q) for q in qs]
         limit = max_positions(self.lm)
-        opener = self.task_prefix("lm")
-        opener_length = 0 if opener is None else int(opener.shape[0])
         for c, ids in zip(contexts, prompt_ids, strict=True):
-            end = self.first_decoder_position(c) + opener_length + len(ids)
-            if end + max_new_tokens > limit:
+            if self.positions_needed(c, len(ids), max_new_tokens) > limit:
                 raise ContextTooLongError(
                     f"context ({c.original_length} tokens) + question ({len(ids)}) + "
                     f"max_new_tokens ({max_new_tokens}) exceed the model's {limit} positions"

@@ -475,7 +475,6 @@ class Service:
 
     def check_questions(self, ctx: CompressedContext, questions: list[str], new: int) -> None:
         self.check_question_count(questions)
-        start = self.compressor.first_decoder_position(ctx) + int(self.compressor.uses_lm_token)
         for i, q in enumerate(questions):
             if not q.strip():
                 raise APIError(422, "invalid_request", f"question {i} is empty")
@@ -486,7 +485,7 @@ class Service:
                     "question_too_long",
                     f"question {i} has {n} tokens; the limit is {self.limits.max_question_tokens}",
                 )
-            if start + n + new > self.positions:
+            if self.compressor.positions_needed(ctx, n, new) > self.positions:
                 raise APIError(
                     413,
                     "context_too_long",
