@@ -659,3 +659,29 @@ def test_service_and_generate_agree_on_the_position_limit(tmp_path):
     assert refused.value.status == 413
     with pytest.raises(cc.ContextTooLongError):
         comp.generate(ctx, question, max_new_tokens=room + 1)
+
+
+def test_an_oversize_body_gets_its_413_through_pythons_standard_client(served):
+    """Issue 21 reports a connection reset here instead of the 413 (the server answers and
+    closes before reading the body). Not reproduced on loopback (bodies up to 40 MB, with and
+    without Content-Length); this pins the behaviour that works."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(served.url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    body = json.dumps({"text": "x" * 3_000_000}).encode()  # 3 MB against a 64 kB limit
+    conn.request(
+        "POST", "/v1/contexts", body=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["type"] == "payload_too_large"
+    conn.close()
+    # The same without Content-Length (chunked): refused while reading, also answered.
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    chunks = (b"x" * 65536 for _ in range(40))
+    conn.request("POST", "/v1/contexts", body=chunks, headers=AUTH, encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413
+    conn.close()
