@@ -27,34 +27,27 @@ def system_name(result: EvalResult) -> str:
     return result.method.split("@")[0]
 
 
-def plot_quality_vs_ratio(
-    results: Sequence[EvalResult],
+def _line_plot(
+    lines: dict[str, tuple[list[float], list[float], str]],
     out: str | Path,
-    *,
-    metric: str | None = None,
-    title: str | None = None,
+    xlabel: str,
+    ylabel: str,
+    title: str | None,
+    log2_x: bool = False,
 ) -> Path:
-    """One line per system (quality against achieved ratio, log-scaled x); PNG at ``out``."""
+    """Draw ``{label: (xs, ys, style)}`` as one PNG at ``out`` (the plots' shared frame)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not results:
-        raise ValueError("no results to plot")
-    metric = metric or DEFAULT_METRIC[results[0].task]
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for r in results:
-        series[system_name(r)].append((r.ratio, 100 * r.overall[metric]))
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for name, points in sorted(series.items()):
-        points.sort()
-        xs, ys = zip(*points, strict=True)
-        style = "--" if name in ("full_context", "no_context") else "-"
-        ax.plot(xs, ys, style, marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("compression ratio L / C (log scale)")
-    ax.set_ylabel(f"{LABELS.get(metric, metric)} (%)")
+    for label, (xs, ys, style) in lines.items():
+        ax.plot(xs, ys, style, marker="o", label=label)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     if title:
@@ -65,6 +58,29 @@ def plot_quality_vs_ratio(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_quality_vs_ratio(
+    results: Sequence[EvalResult],
+    out: str | Path,
+    *,
+    metric: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """One line per system (quality against achieved ratio, log-scaled x); PNG at ``out``."""
+    if not results:
+        raise ValueError("no results to plot")
+    metric = metric or DEFAULT_METRIC[results[0].task]
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in results:
+        series[system_name(r)].append((r.ratio, 100 * r.overall[metric]))
+    lines = {}
+    for name, points in sorted(series.items()):
+        points.sort()
+        style = "--" if name in ("full_context", "no_context") else "-"
+        lines[name] = ([x for x, _ in points], [y for _, y in points], style)
+    ylabel = f"{LABELS.get(metric, metric)} (%)"
+    return _line_plot(lines, out, "compression ratio L / C (log scale)", ylabel, title, True)
 
 
 DEPTH_KEYS = ("depth", "answer_depth", "gold_position")
@@ -107,32 +123,15 @@ def plot_quality_vs_depth(
     title: str | None = None,
 ) -> Path:
     """One line per result: mean quality per depth bin (:func:`quality_by_depth`); PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not results:
         raise ValueError("no results to plot")
     metric = metric or DEFAULT_METRIC[results[0].task]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    lines = {}
     for r in results:
         points = quality_by_depth(r, key, metric, bins)
-        ax.plot(
-            [c for c, _, _ in points], [100 * m for _, m, _ in points], marker="o", label=r.method
-        )
-    ax.set_xlabel(f"{key} of the answer in the context")
-    ax.set_ylabel(f"{LABELS.get(metric, metric)} (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+        lines[r.method] = ([c for c, _, _ in points], [100 * m for _, m, _ in points], "-")
+    ylabel = f"{LABELS.get(metric, metric)} (%)"
+    return _line_plot(lines, out, f"{key} of the answer in the context", ylabel, title)
 
 
 def replace_section(path: str | Path, name: str, markdown: str) -> None:
