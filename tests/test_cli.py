@@ -288,3 +288,14 @@ def test_demo_trains_evaluates_and_writes_its_outputs(tmp_path):
     # A rerun reuses the finished training (resumes at its last step, trains nothing).
     again = demo.main(tiny_model(), settings, console=Console(file=io.StringIO()))
     assert again.keys() == overall.keys()
+
+
+def test_method_aliases_work_in_the_cli_as_in_build_compressor(tmp_path):
+    """Regression: the CLI had its own method lookup without the aliases, so
+    `--method xc500` (the module's and configs/xc500/'s name) was refused."""
+    out = tmp_path / "x.ctx"
+    args = ["compress", "--base-model", "tiny", "--method", "xc500", "--text", TEXT, "-o", str(out)]
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    assert cc.CompressedContext.load(out).method == "500x"
+    assert_user_error(invoke(*args[:4], "nope", *args[5:]), "unknown method 'nope'")

@@ -21,8 +21,8 @@ from ctxcompress.data import (
     shuffled,
 )
 from ctxcompress.data import hub as hub_mod
-from ctxcompress.data._common import normalize_answer
 from ctxcompress.errors import CtxCompressError
+from ctxcompress.normalization import normalize_answer
 
 
 def _shared_or_skip() -> Path:

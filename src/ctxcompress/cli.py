@@ -29,7 +29,7 @@ from rich.table import Table
 from . import __version__
 from .context import CompressedContext
 from .errors import ContextMismatchError, CtxCompressError, InvalidInputError
-from .methods import METHODS, build_compressor, load_compressor
+from .methods import METHODS, build_compressor, canonical_method, load_compressor
 from .methods.base import read_header
 from .models import load_base_model
 
@@ -178,10 +178,7 @@ def build_fresh(method: str, base: Any, options: dict[str, Any]):
 
 
 def resolve_method(method: str) -> str:
-    key = method.lower().replace("-", "_")
-    if key not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    return key
+    return canonical_method(method)
 
 
 def get_compressor(

@@ -7,8 +7,6 @@ import gzip
 import json
 import os
 import random
-import re
-import string
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -287,15 +285,6 @@ def summary_from_record(
 
 
 # ---------------------------------------------------------------------------- answers
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower-case, drop punctuation and articles, collapse whitespace."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
-    return " ".join(text.split())
 
 
 def contains_answer(normalized_text: str, normalized_answers: Sequence[str]) -> bool:

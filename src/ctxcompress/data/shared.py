@@ -41,10 +41,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..normalization import normalize_answer
 from ._common import (
     contains_answer,
     iter_jsonl,
-    normalize_answer,
     shared_data_dir,
     take,
 )

@@ -41,6 +41,16 @@ _ALIASES = {
 }
 
 
+def canonical_method(method: str) -> str:
+    """The registry name of ``method`` (case, ``-``/``_`` and aliases such as ``xc500`` for
+    ``500x`` accepted); a clear error for an unknown one."""
+    key = str(method).lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    return key
+
+
 def build_compressor(
     method: str,
     base_model: Any = None,
@@ -62,11 +72,7 @@ def build_compressor(
         config: a config object or dict; ``**options`` override single fields
             (e.g. ``ratio=4``).
     """
-    key = method.lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    cls = METHODS[key]
+    cls = METHODS[canonical_method(method)]
     data = config.to_dict() if isinstance(config, CompressorConfig) else dict(config or {})
     data.update(options)
     cfg = cls.config_class.from_dict(data)
@@ -116,5 +122,6 @@ __all__ = [
     "XC500Compressor",
     "XC500Config",
     "build_compressor",
+    "canonical_method",
     "load_compressor",
 ]
