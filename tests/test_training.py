@@ -327,14 +327,34 @@ def test_cli_overrides_and_yaml(qa_file, tmp_path):
 # --------------------------------------------------------------------------- distributed
 
 
-def test_two_processes_match_one_with_the_same_global_batch(qa_file, tmp_path):
-    """Two CPU processes (gloo DDP) == one process with the same global batch.
+RECIPE = {
+    "method_options": {"sink_tokens": 1, "embedding_init": "table"},
+    "train": {"embedding_lr_scale": 10.0},
+    "distill": {"weight": 1.0, "teacher": "full_context"},
+}
+
+
+def with_recipe(cfg):
+    """``cfg`` with the small-budget levers on (sink, token-scale init and lr, distillation)."""
+    data = cfg.to_dict()
+    data["method_options"].update(RECIPE["method_options"])
+    data["train"].update(RECIPE["train"])
+    data["distill"] = RECIPE["distill"]
+    return parse_config(data)
+
+
+@pytest.mark.parametrize("recipe", [False, True], ids=["plain", "recipe"])
+def test_two_processes_match_one_with_the_same_global_batch(qa_file, tmp_path, recipe):
+    """Two CPU processes (gloo DDP) == one process with the same global batch, also with
+    the attention sink, the embedding lr group and distillation on.
 
     Launched as `accelerate launch --multi_gpu --num_processes 2`: on a machine without GPUs
     the trainer asks accelerate for CPU mode, which forms a gloo group. (accelerate's own
     `--cpu --num_processes 2` goes through mpirun and, with no MPI hostfile, starts a single
     process: checked below through the recorded world size.)"""
+    change = with_recipe if recipe else (lambda c: c)
     cfg = config("sac", qa_file, tmp_path / "ddp", steps=3, micro_batch_size=2, save_every=100)
+    cfg = change(cfg)
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -350,7 +370,9 @@ def test_two_processes_match_one_with_the_same_global_batch(qa_file, tmp_path):
     assert state["world_size"] == 2  # really two processes
     ddp = cc.load_compressor(tmp_path / "ddp" / "compressor")
     single = Trainer(
-        config("sac", qa_file, tmp_path / "single", steps=3, micro_batch_size=4, save_every=100)
+        change(
+            config("sac", qa_file, tmp_path / "single", steps=3, micro_batch_size=4, save_every=100)
+        )
     )
     single.run()
     a, b = params(single.compressor), params(ddp)
