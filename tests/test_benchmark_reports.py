@@ -246,7 +246,7 @@ def test_recipe_rows_are_valid_configs_and_its_report_lists_what_finished(tmp_pa
     assert text.startswith("# Training\n<!-- begin recipe -->\n") and text.endswith("after\n")
     assert "| system | F1 [95% CI] | minus sac/today |" in text
     assert "| sac/all | 50.0 [50.0, 50.0] | **+25.0 [25.0, 25.0]** |" in text
-    assert "Not finished yet: trained_full, trained_truncation, pic/today" in text
+    assert "Not finished yet: trained_full, trained_truncation, pt_none, pic/today" in text
     assert "| sac/today | 10.0 |" in text and (tmp_path / "results" / "recipe.png").is_file()
     bad = subprocess.run([*command, "--rows", "sac/nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown rows ['sac/nope']" in bad.stderr

@@ -18,8 +18,9 @@ Extra rows: ``sac/all_shared`` (one shared anchor embedding instead of one per s
 on ~135-token passages only 34 of the 128 per-slot vectors ever train), ``sac/distill_frozen``
 (the teacher is the frozen model reading the whole passage, no training), and the
 references at the same budget: ``trained_full`` (a LoRA encoder reading the whole passage,
-also the distillation teacher, trained first) and ``trained_truncation`` (the head of the
-passage cut to the compressors' budget: the baseline to beat).
+also the distillation teacher, trained first), ``trained_truncation`` (the head of the
+passage cut to the compressors' budget: the baseline to beat) and ``pt_none`` (no context,
+8 prompt vectors + ``[LM]`` trained: the floor).
 
 Everything is checkpointed under ``--out``; rerun the same command to resume (finished rows,
 curve points and evaluations are reused). Rows run in ``RUN_ORDER`` (the references and the
@@ -102,6 +103,10 @@ ROWS: dict[str, dict[str, Any]] = {
         "method": "prompt_tuned",
         **_variant(context="truncation", prompt_vectors=0, prefix_in_budget=True),
     },
+    "pt_none": {  # the no-context floor at this budget (as the fair benchmark's pt_none)
+        "method": "prompt_tuned",
+        **_variant(context="none", prompt_vectors=8, lora_rank=0),
+    },
     **{f"{m}/{v}": {"method": m, **spec} for m in METHODS for v, spec in VARIANTS.items()},
     "sac/all_shared": {
         "method": "sac",
@@ -112,6 +117,7 @@ ROWS: dict[str, dict[str, Any]] = {
 RUN_ORDER = (
     TEACHER,
     "trained_truncation",
+    "pt_none",
     *(f"{m}/{v}" for m in METHODS for v in ("today", "all")),
     *(f"{m}/{v}" for m in METHODS for v in ("sink", "init", "distill")),
     "sac/all_shared",
