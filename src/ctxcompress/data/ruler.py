@@ -94,7 +94,7 @@ def _number(rng: random.Random) -> str:
 # ----------------------------------------------------------------------------- items
 # Each builder takes (rng, size, depth) and returns (context, question, references, match,
 # depth); ``size`` is how much haystack to use (words, sentences or documents).
-def _niah(keys: int, values: int, query_all: bool):
+def _niah(keys: int, values: int):
     def build(rng: random.Random, size: int, depth: float | None):
         names = [_key(rng) for _ in range(keys)]
         needles = [(k, _number(rng)) for k in names for _ in range(values)]
@@ -169,9 +169,9 @@ def _paragraphs(item: QAExample, source: str) -> list[str]:
 
 BUILDERS: dict[str, tuple[Callable[..., Any], int]] = {
     # task: (builder, haystack units per 1k tokens: a starting guess for the search)
-    "niah_single": (_niah(1, 1, False), 700),
-    "niah_multikey": (_niah(4, 1, False), 700),
-    "niah_multivalue": (_niah(1, 4, True), 700),
+    "niah_single": (_niah(1, 1), 700),
+    "niah_multikey": (_niah(4, 1), 700),
+    "niah_multivalue": (_niah(1, 4), 700),
     "vt": (_variable_tracking, 40),
     "qa_squad": (_qa("squad"), 6),
     "qa_hotpotqa": (_qa("hotpotqa"), 9),

@@ -920,6 +920,17 @@ def encode_in_length_batches(
     return results
 
 
+def right_padded(rows: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded ``[B, width]`` id tensor and its 0/1 validity mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        valid[i, : len(r)] = 1
+    return ids, valid
+
+
 def prefill_kv(
     lm: nn.Module, rows: Sequence[Sequence[int]], position_start: int, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -935,13 +946,8 @@ def prefill_kv(
     todo = [i for i, r in enumerate(rows) if len(r)]
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        width = max(len(rows[i]) for i in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        valid = torch.zeros(len(batch), width, dtype=torch.long)
-        for j, i in enumerate(batch):
-            ids[j, : len(rows[i])] = torch.tensor(list(rows[i]))
-            valid[j, : len(rows[i])] = 1
-        positions = torch.arange(width)[None].expand(len(batch), -1) + position_start
+        ids, valid = right_padded([rows[i] for i in batch])
+        positions = torch.arange(ids.shape[1])[None].expand(len(batch), -1) + position_start
         cache = DynamicCache(config=cfg)
         lm.get_decoder()(
             input_ids=ids.to(weight.device),

@@ -33,6 +33,7 @@ from .base import (
     CompressorConfig,
     encode_in_length_batches,
     gather_cache_entries,
+    right_padded,
 )
 
 
@@ -90,12 +91,9 @@ class SACCompressor(Compressor):
     @property
     def encoder_attention(self) -> str:
         """The encoder mask now: causal during the training warm-up, else the configured one."""
-        warmup = self.config.encoder_attention_warmup_steps
-        return (
-            "causal"
-            if self.training and self.training_step < warmup
-            else (self.config.encoder_attention)
-        )
+        if self.training and self.training_step < self.config.encoder_attention_warmup_steps:
+            return "causal"
+        return self.config.encoder_attention
 
     @property
     def anchors_per_chunk(self) -> int:
@@ -157,12 +155,8 @@ class SACCompressor(Compressor):
     def _encode_chunks(self, chunks: list[_Chunk]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One encoder pass over a batch of chunks; returns each chunk's anchor K and V."""
         device, width = self.device, max(len(c.ids) for c in chunks)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(chunks), width), pad, dtype=torch.long)
-        valid = torch.zeros(len(chunks), width, dtype=torch.bool)
-        for row, c in enumerate(chunks):
-            ids[row, : len(c.ids)] = torch.tensor(c.ids)
-            valid[row, : len(c.ids)] = True
+        ids, valid = right_padded([c.ids for c in chunks], self.tokenizer.pad_token_id or 0)
+        valid = valid.bool()
         starts = torch.tensor([c.start for c in chunks])[:, None]
         positions = starts + torch.arange(width)[None] + self.config.position_start
         rows = torch.tensor([r for r, c in enumerate(chunks) for _ in c.anchors], device=device)

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidInputError
 from ..methods import Compressor, load_compressor
-from ..methods.base import CONFIG_FILE, read_header
+from ..methods.base import CONFIG_FILE, read_header, right_padded
 from .objectives import TrainExample
 
 if TYPE_CHECKING:
@@ -131,21 +131,16 @@ class FrozenFullContextTeacher(Teacher):
     @torch.no_grad()
     def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
         comp = self.student
-        rows = [
-            [*e.context_ids, *e.prompt_ids, *e.target_ids[:-1]] for e in examples
-        ]  # position i predicts token i + 1
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            valid[i, : len(r)] = 1
-        device = comp.device
+        # Position i of a row predicts its token i + 1.
+        ids, valid = right_padded(
+            [[*e.context_ids, *e.prompt_ids, *e.target_ids[:-1]] for e in examples]
+        )
+        width, device = ids.shape[1], comp.device
         with comp.decoder_mode():
             hidden = comp.backbone(
                 input_ids=ids.to(device),
                 attention_mask=valid.to(device),
-                position_ids=torch.arange(width, device=device)[None].expand(len(rows), -1),
+                position_ids=torch.arange(width, device=device)[None].expand(len(examples), -1),
                 use_cache=False,
             ).last_hidden_state
         picks = [
