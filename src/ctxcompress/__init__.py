@@ -6,8 +6,6 @@ ctx = comp.compress("a long document ...")
 comp.generate(ctx, ["question 1?", "question 2?"], max_new_tokens=32)
 """
 
-__version__ = "0.1.0"
-
 from .context import CompressedContext
 from .errors import (
     ContextMismatchError,
@@ -20,6 +18,7 @@ from .errors import (
 )
 from .methods import METHODS, Compressor, build_compressor, load_compressor
 from .models import BaseModel, load_base_model
+from .version import __version__
 
 __all__ = [
     "METHODS",

@@ -26,12 +26,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
 from .context import CompressedContext
 from .errors import ContextMismatchError, CtxCompressError, InvalidInputError
 from .methods import METHODS, build_compressor, canonical_method, load_compressor
 from .methods.base import read_header
 from .models import load_base_model
+from .version import __version__
 
 EXIT_USER_ERROR = 2
 """Exit code of every input error (the same as click's usage errors)."""

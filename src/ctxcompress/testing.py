@@ -1,60 +1,22 @@
 """Tiny random-init models and a locally built tokenizer, for tests and quick benchmarks.
 
-Nothing is downloaded: the tokenizer is a byte-level BPE trained in milliseconds on a built-in
-text, and the models are built from ``LlamaConfig`` / ``Qwen2Config``.
+Nothing is downloaded (see :mod:`ctxcompress.tiny_models`, which builds them); this module
+wraps them into the package's :class:`~ctxcompress.models.BaseModel`.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import PreTrainedTokenizerFast
 
 from .models import BaseModel, prepare_tokenizer
+from .tiny_models import DEFAULT_MAX_POSITIONS, SPECIAL_TOKENS, build_lm, build_tokenizer
 
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
-_CORPUS = (
-    "The quick brown fox jumps over the lazy dog. Context compression turns a long document "
-    "into a few keys and values that a frozen language model reads instead of the full text. "
-    "Question: who wrote the report? Answer: the committee wrote it in 1987 in Paris. "
-    "Anchors collect information from the whole chunk through bidirectional attention. "
-    "### Context: ### Question: ### Answer: 0123456789 abcdefghijklmnopqrstuvwxyz "
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()-\n"
-)
-
-
-@lru_cache(maxsize=4)
-def _tokenizer_json(vocab_size: int) -> str:
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    return tok.to_str()
+__all__ = ["SPECIAL_TOKENS", "tiny_model", "tiny_tokenizer"]
 
 
 def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (any text encodes) with ``<s>``, ``</s>`` and ``<pad>``."""
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-    return prepare_tokenizer(tok)
+    return prepare_tokenizer(build_tokenizer(vocab_size))
 
 
 def tiny_model(
@@ -65,7 +27,7 @@ def tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    max_positions: int = 2048,
+    max_positions: int = DEFAULT_MAX_POSITIONS,
     attn_implementation: str = "sdpa",
     initializer_range: float = 0.02,
     seed: int = 0,
@@ -77,29 +39,18 @@ def tiny_model(
     use a larger range so that a compressor can actually drive the decoder's loss down.
     """
     tokenizer = tiny_tokenizer(vocab_size)
-    common = dict(
-        vocab_size=len(tokenizer),
+    model = build_lm(
+        arch,
+        tokenizer,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        max_positions=max_positions,
+        attn_implementation=attn_implementation,
         initializer_range=initializer_range,
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation=attn_implementation))
-    elif arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, attn_implementation=attn_implementation))
-    else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'qwen2'")
-    model.eval()
-    model.requires_grad_(False)
     # The source reloads with load_base_model("tiny-llama") (default sizes only; the
     # fingerprint check refuses anything else).
     return BaseModel(model=model, tokenizer=tokenizer, source=f"tiny-{arch}")

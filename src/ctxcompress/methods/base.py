@@ -29,12 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
 
-from .. import __version__
 from ..context import CompressedContext
 from ..errors import ContextTooLongError, CorruptFileError, InvalidInputError, ModelLoadError
 from ..generation import DecoderPrompt, build_decoder_batch, greedy_generate
 from ..models import BaseModel, cache_kwargs, load_base_model, max_positions
 from ..positions import memory_slots, sink_count
+from ..version import __version__
 
 CONFIG_FILE = "ctxcompress.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"

@@ -47,7 +47,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
 from ..context import CompressedContext
 from ..errors import (
     ContextMismatchError,
@@ -57,6 +56,7 @@ from ..errors import (
     CtxCompressError,
 )
 from ..models import max_positions
+from ..version import __version__
 from .batcher import Answer, AnswerJob, Batcher, BatcherStoppedError, QueueFullError
 from .store import ContextStore, is_valid_id
 from .store import context_id as make_context_id
