@@ -172,6 +172,8 @@ def stage_config(system: str, setting: str, stage: int, args, out: Path) -> Any:
         steps = args.stage2_steps
     loop = {
         **template["train"],
+        # The learned-vector lr is a lever of the systems (the config ships the recipe's 10x).
+        "embedding_lr_scale": 1.0,
         "steps": steps,
         "save_every": args.curve_every,
         "log_every": 5,

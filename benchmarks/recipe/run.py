@@ -140,6 +140,8 @@ def row_config(row: str, args, out: Path) -> Any:
         "data": [{"source": "nq-oracle:train", "objective": "qa"}],
         "train": {
             **template["train"],
+            # The learned-vector lr is a lever of the rows (the config ships the recipe's 10x).
+            "embedding_lr_scale": 1.0,
             "steps": args.steps,
             "save_every": args.curve_every,
             "log_every": 5,
