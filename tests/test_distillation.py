@@ -108,7 +108,7 @@ def test_embedding_lr_scale_gives_the_learned_vectors_their_own_rate(qa_file, tm
 
 
 def test_sparse_kl_over_the_whole_vocabulary_is_the_full_kl():
-    from ctxcompress.methods.base import distillation_kl
+    from ctxcompress.methods.loss import distillation_kl
 
     student, teacher = torch.randn(3, 17), torch.randn(3, 17)
     full = distillation_kl(student, teacher, 2.0)

@@ -141,3 +141,25 @@ def test_primitives_import_no_layer_above_them():
 def test_only_tests_use_the_test_kit():
     users = [m for m, deps in import_graph().items() if "ctxcompress.testing" in deps]
     assert users == []
+
+
+COMPRESSOR_NAMES = {"comp", "compressor", "student", "teacher", "loaded"}
+
+
+def test_no_module_outside_methods_reads_a_compressors_private_attributes():
+    """Harnesses (training, evaluation, serving, cli, ...) use the compressor's public API
+    only: no ``comp._x`` / ``self.compressor._x`` outside ``ctxcompress.methods``."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if _module_name(path).startswith("ctxcompress.methods"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+                continue
+            if node.attr.startswith("__"):
+                continue
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name in COMPRESSOR_NAMES:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, offenders

@@ -260,7 +260,7 @@ def test_merged_encoder_gives_the_lora_result(method):
 
 
 def test_length_batches_do_not_pad_a_short_remainder_to_a_full_chunk():
-    from ctxcompress.methods.base import encode_in_length_batches
+    from ctxcompress.methods.encoding import encode_in_length_batches
 
     seen = []
 

@@ -123,3 +123,19 @@ def test_tiny_source_reloads_and_fingerprint_ignores_dtype(tmp_path):
     bf16 = cc.load_base_model("tiny", dtype="bfloat16")
     assert bf16.model.dtype == torch.bfloat16
     assert bf16.fingerprint == tiny_model().fingerprint
+
+
+def test_the_fingerprint_does_not_depend_on_the_adapter_switch():
+    """Regression (issue 18): peft's adapter switch toggles the LoRA weights'
+    ``requires_grad``, and the fingerprint counted only ``requires_grad`` tensors, so a
+    fingerprint read while the decoder ran (the service's request threads) differed."""
+    from ctxcompress.testing import tiny_model
+
+    comp = cc.build_compressor("sac", tiny_model(), ratio=4, lora_rank=2)
+    before = comp.fingerprint
+    names = set(comp.trainable_parameters())
+    assert any("lora_" in n for n in names)
+    with comp.decoder_mode():
+        comp._fingerprint_cache = None  # recompute inside the switch, as another thread would
+        assert set(comp.trainable_parameters()) == names
+        assert comp.fingerprint == before

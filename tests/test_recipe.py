@@ -8,7 +8,8 @@ import torch
 
 import ctxcompress as cc
 from ctxcompress.errors import InvalidInputError
-from ctxcompress.methods.base import distillation_kl, prefill_kv
+from ctxcompress.methods.encoding import prefill_kv
+from ctxcompress.methods.loss import distillation_kl
 from ctxcompress.positions import centre_offsets, sac_anchor_offsets, sink_count
 from ctxcompress.testing import tiny_model
 

@@ -37,7 +37,9 @@ import ctxcompress as cc  # noqa: E402
 from ctxcompress.cli import app as cli_app  # noqa: E402
 from ctxcompress.generation import greedy_generate  # noqa: E402
 from ctxcompress.serving import ContextStore, id_for  # noqa: E402
-from ctxcompress.serving.app import ServeLimits, TextStream, create_app  # noqa: E402
+from ctxcompress.serving.app import create_app  # noqa: E402
+from ctxcompress.serving.schemas import ServeLimits  # noqa: E402
+from ctxcompress.serving.streaming import TextStream  # noqa: E402
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -377,13 +379,13 @@ def test_a_full_queue_answers_503_with_retry_after(small, monkeypatch):
     client, batcher = small.client, small.app.state.batcher
     cid = client.post("/v1/contexts", json={"text": DOCS[0]}).json()["contexts"][0]["id"]
     release = threading.Event()
-    original = small.comp.generate
+    original = small.comp.answer
 
-    def slow_generate(*args, **kwargs):
+    def slow_answer(*args, **kwargs):
         assert release.wait(30)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(small.comp, "generate", slow_generate)
+    monkeypatch.setattr(small.comp, "answer", slow_answer)
     results: dict[str, httpx.Response] = {}
 
     def ask(name: str) -> None:
@@ -632,7 +634,7 @@ def test_text_stream_deltas_join_to_the_final_answer(ref, text, stops):
     decoded = ref.tokenizer.decode(ids, skip_special_tokens=True)
     cuts = [i for i in (decoded.find(s) for s in stops) if i >= 0]
     final = (decoded[: min(cuts)] if cuts else decoded).strip()
-    stream = TextStream(ref.tokenizer, stops)
+    stream = TextStream(lambda ids: ref.tokenizer.decode(ids, skip_special_tokens=True), stops)
     deltas = [stream.push(t) for t in ids]
     deltas.append(stream.finish(final))
     assert "".join(deltas) == final
@@ -652,10 +654,11 @@ def test_service_and_generate_agree_on_the_position_limit(tmp_path):
     n = len(comp.question_ids(question))
     room = 64 - comp.positions_needed(ctx, n, 0)
     assert room > 1
-    service.check_questions(ctx, [question], room)  # fits: accepted, and generation works
+    plan = service.plan(ctx, [question], room)  # fits: accepted, and generation works
+    assert plan.prompt_ids[0] == tuple(comp.question_ids(question))
     assert isinstance(comp.generate(ctx, question, max_new_tokens=room), str)
     with pytest.raises(Exception, match="exceed the model's 64 positions") as refused:
-        service.check_questions(ctx, [question], room + 1)
+        service.plan(ctx, [question], room + 1)
     assert refused.value.status == 413
     with pytest.raises(cc.ContextTooLongError):
         comp.generate(ctx, question, max_new_tokens=room + 1)

@@ -15,6 +15,7 @@ from .errors import (
     CtxCompressError,
     InvalidInputError,
     ModelLoadError,
+    PromptTooLongError,
 )
 from .methods import METHODS, Compressor, build_compressor, load_compressor
 from .models import BaseModel, load_base_model
@@ -32,6 +33,7 @@ __all__ = [
     "CtxCompressError",
     "InvalidInputError",
     "ModelLoadError",
+    "PromptTooLongError",
     "__version__",
     "build_compressor",
     "load_base_model",

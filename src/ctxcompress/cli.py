@@ -29,7 +29,7 @@ from rich.table import Table
 from .context import CompressedContext
 from .errors import ContextMismatchError, CtxCompressError, InvalidInputError
 from .methods import METHODS, build_compressor, canonical_method, load_compressor
-from .methods.base import read_header
+from .methods.persistence import read_header
 from .models import load_base_model
 from .version import __version__
 
@@ -780,7 +780,8 @@ def serve(
     try:
         import uvicorn
 
-        from .serving.app import ServeLimits, create_app
+        from .serving.app import create_app
+        from .serving.schemas import ServeLimits
     except ImportError as exc:
         raise InvalidInputError(
             f"serving needs the 'serve' extra ({exc.name} is missing): "

@@ -19,6 +19,10 @@ class ContextTooLongError(InvalidInputError):
     """A context (plus question and answer) needs more positions than the model has."""
 
 
+class PromptTooLongError(InvalidInputError):
+    """A question prompt is over a caller's token limit (e.g. the service's)."""
+
+
 class ModelLoadError(CtxCompressError):
     """A base model or compressor could not be loaded (missing package, file or cache)."""
 

@@ -8,10 +8,13 @@ from typing import Any
 
 from ..errors import InvalidInputError, ModelLoadError
 from ..models import BaseModel, load_base_model
-from .base import Compressor, CompressorConfig, read_header
+from .answering import AnswerPlan
+from .base import Compressor
+from .config import CompressorConfig
 from .epl import EPLCompressor, EPLConfig
 from .hard import FullContext, NoContext, Truncation
 from .icae import ICAECompressor, ICAEConfig
+from .persistence import read_header
 from .pic import PICCompressor, PICConfig
 from .prompt_tuned import PromptTuned, PromptTunedConfig
 from .sac import SACCompressor, SACConfig
@@ -104,6 +107,7 @@ def load_compressor(path: str | os.PathLike, base_model: Any = None, **kwargs: A
 __all__ = [
     "METHODS",
     "TRAINABLE_METHODS",
+    "AnswerPlan",
     "Compressor",
     "CompressorConfig",
     "EPLCompressor",

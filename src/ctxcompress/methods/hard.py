@@ -19,7 +19,9 @@ import torch
 from ..context import CompressedContext
 from ..errors import InvalidInputError
 from ..positions import chunk_spans, memory_slots
-from .base import Compressor, CompressorConfig, prefill_kv
+from .base import Compressor
+from .config import CompressorConfig
+from .encoding import prefill_kv
 
 
 @dataclass

@@ -27,12 +27,9 @@ from ..context import CompressedContext
 from ..masks import for_backend, memory_mask
 from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, memory_offsets, memory_slots
-from .base import (
-    Compressor,
-    CompressorConfig,
-    encode_in_length_batches,
-    gather_cache_entries,
-)
+from .base import Compressor
+from .config import CompressorConfig
+from .encoding import encode_in_length_batches, gather_cache_entries
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..models import BaseModel
-from .base import CompressorConfig
+from .config import CompressorConfig
 from .hard import Truncation
 
 

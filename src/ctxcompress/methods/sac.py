@@ -28,13 +28,9 @@ from ..errors import InvalidInputError
 from ..masks import for_backend, padded_chunk_mask
 from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
-from .base import (
-    Compressor,
-    CompressorConfig,
-    encode_in_length_batches,
-    gather_cache_entries,
-    right_padded,
-)
+from .base import Compressor
+from .config import CompressorConfig
+from .encoding import encode_in_length_batches, gather_cache_entries, right_padded
 
 
 @dataclass

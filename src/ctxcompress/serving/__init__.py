@@ -7,8 +7,11 @@ prometheus_client). ``ctxcompress serve`` runs it; see ``docs/serving.md``.
   index), content-addressed, with an optional LRU size cap; no web dependencies.
 - :mod:`.batcher`: :class:`Batcher`, the one worker thread that owns the model and answers
   queued questions in dynamic batches.
-- :mod:`.app`: :func:`create_app`, the FastAPI app (imported lazily: the store and the
-  batcher work without the web packages).
+- :mod:`.app`: :func:`create_app`, the FastAPI app and its routes, built from
+  :mod:`.service` (the handlers' shared state and checks, through the compressor's public
+  API), :mod:`.schemas` (limits, request bodies), :mod:`.api_errors`, :mod:`.middleware`,
+  :mod:`.metrics` and :mod:`.streaming` (imported lazily: the store and the batcher work
+  without the web packages).
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_app", "ServeLimits"):
-        from . import app
+    if name == "create_app":
+        from .app import create_app
 
-        return getattr(app, name)
+        return create_app
+    if name == "ServeLimits":
+        from .schemas import ServeLimits
+
+        return ServeLimits
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,8 +5,10 @@ Concurrent requests are neither serialised one by one nor run in parallel thread
 model (which would fight over the CPU/GPU and the adapter switch). Every job goes into one
 bounded queue; the worker takes the first job, then keeps draining the queue until it holds
 ``max_batch`` jobs or ``max_wait_ms`` have passed, and answers all the questions that share
-``max_new_tokens`` and stop strings with **one** ``Compressor.generate`` call (one context per
-question; a context shared by several questions is expanded, not copied). Compression jobs
+``max_new_tokens`` and stop strings with **one** ``Compressor.answer`` call on their joined
+plans (one context per question; a context shared by several questions is expanded, not
+copied). Questions arrive already planned (tokenized and checked by ``Compressor.plan`` on
+the request thread), so the worker only decodes. Compression jobs
 drained together become one ``Compressor.compress`` call. When the queue is full,
 :meth:`Batcher.submit` raises :class:`QueueFullError` at once (the service answers 503 with
 ``Retry-After``) instead of letting latency grow without bound.
@@ -26,8 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..context import CompressedContext
 from ..errors import CtxCompressError
+from ..generation import Generation
+from ..methods import AnswerPlan, Compressor
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +49,31 @@ class BatcherStoppedError(RuntimeError):
 
 @dataclass
 class Answer:
-    """The result of one question: the answer text and the number of generated tokens."""
+    """The result of one question: the answer text, the number of generated tokens and why
+    it ended (OpenAI's vocabulary: ``"stop"`` — EOS or a stop string — or ``"length"``)."""
 
     text: str
     tokens: int
     finish_reason: str
 
+    @classmethod
+    def of(cls, generation: Generation) -> Answer:
+        reason = "length" if generation.finish_reason == "length" else "stop"
+        return cls(generation.text, len(generation.token_ids), reason)
+
 
 @dataclass
 class AnswerJob:
-    context: CompressedContext
-    question: str
-    max_new_tokens: int
+    """One planned question (a one-row :class:`~ctxcompress.methods.AnswerPlan`)."""
+
+    plan: AnswerPlan
     stop: tuple[str, ...]
     on_token: Callable[[int], None] | None = None
     future: Future = field(default_factory=Future)
-    tokens: int = 0
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return ("answer", self.max_new_tokens, self.stop)
+        return ("answer", self.plan.max_new_tokens, self.stop)
 
 
 @dataclass
@@ -94,7 +102,7 @@ class Batcher:
 
     def __init__(
         self,
-        compressor: Any,
+        compressor: Compressor,
         *,
         max_batch: int = 16,
         max_wait_ms: float = 5.0,
@@ -117,7 +125,6 @@ class Batcher:
         """Sizes of recent answer batches (questions per ``generate`` call)."""
         self.on_batch: Callable[[str, int, float], None] | None = None
         """Called after each model call with (kind, size, seconds); used for metrics."""
-        self.rejected = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -153,7 +160,6 @@ class Batcher:
             if not self._running:
                 raise BatcherStoppedError("the model worker is not running")
             if len(self._queue) + len(jobs) > self.max_queue:
-                self.rejected += 1
                 raise QueueFullError(
                     f"the request queue is full ({len(self._queue)} waiting, limit "
                     f"{self.max_queue}); retry shortly",
@@ -162,19 +168,6 @@ class Batcher:
             self._queue.extend(jobs)
             self._cond.notify()
         return [job.future for job in jobs]
-
-    def answer(
-        self,
-        context: CompressedContext,
-        question: str,
-        *,
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        on_token: Callable[[int], None] | None = None,
-    ) -> Future:
-        """Queue one question; the future resolves to an :class:`Answer`."""
-        job = AnswerJob(context, question, max_new_tokens, tuple(stop), on_token)
-        return self.submit([job])[0]
 
     def compress(self, texts: Sequence[str]) -> Future:
         """Queue documents to compress; the future resolves to a list of contexts."""
@@ -231,40 +224,33 @@ class Batcher:
                 log.exception("on_batch callback failed")
 
     def _run_answers(self, jobs: list[AnswerJob]) -> None:
-        first = jobs[0]
-
         def on_token(row: int, token: int) -> None:
-            job = jobs[row]
-            job.tokens += 1
-            if job.on_token is not None:
+            callback = jobs[row].on_token
+            if callback is not None:
                 try:
-                    job.on_token(token)
+                    callback(token)
                 except Exception:
                     log.exception("on_token callback failed")
 
         start = time.perf_counter()
         try:
-            texts = self.compressor.generate(
-                [job.context for job in jobs],
-                [job.question for job in jobs],
-                max_new_tokens=first.max_new_tokens,
-                stop=list(first.stop),
+            generations = self.compressor.answer(
+                AnswerPlan.join([job.plan for job in jobs]),
+                stop=list(jobs[0].stop),
                 batch_size=len(jobs),
                 on_token=on_token,
             )
         except CtxCompressError as exc:
             if len(jobs) == 1:
-                first.future.set_exception(exc)
+                jobs[0].future.set_exception(exc)
                 return
             for job in jobs:  # isolate the faulty request(s)
-                job.tokens = 0
                 self._run_answers([job])
             return
         self.batch_sizes.append(len(jobs))
         self._report("answer", len(jobs), time.perf_counter() - start)
-        for job, text in zip(jobs, texts, strict=True):
-            reason = "length" if job.tokens >= job.max_new_tokens else "stop"
-            job.future.set_result(Answer(text, job.tokens, reason))
+        for job, generation in zip(jobs, generations, strict=True):
+            job.future.set_result(Answer.of(generation))
 
     def _run_compress(self, jobs: list[CompressJob]) -> None:
         texts = [t for job in jobs for t in job.texts]

@@ -8,7 +8,7 @@ teacher's logits computed in the same step under ``no_grad``
 (:meth:`~ctxcompress.methods.base.Compressor.forward` adds the term).
 
 With ``distill.top_k = k`` only the teacher's k most likely tokens per position are kept
-(renormalised; :func:`~ctxcompress.methods.base.distillation_kl`), and with
+(renormalised; :func:`~ctxcompress.methods.loss.distillation_kl`), and with
 ``distill.cache_dir`` those are stored on disk per example (keyed by the teacher's identity,
 k and the example's token ids), so an example's teacher pass runs once for every epoch and
 every run that shares the cache: the teachers here are frozen, so their logits never change.
@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidInputError
 from ..methods import Compressor, load_compressor
-from ..methods.base import CONFIG_FILE, read_header, right_padded
+from ..methods.encoding import right_padded
+from ..methods.persistence import CONFIG_FILE, read_header
 from .objectives import TrainExample
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from .. import data as data_lib
 from ..errors import InvalidInputError
 from ..methods import Compressor, build_compressor
-from ..methods.base import CONFIG_FILE
+from ..methods.persistence import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
 from .config import DataSource, DistillConfig, LoopConfig, TrainConfig
@@ -219,7 +219,7 @@ class Trainer:
             )
         if header["base_model"]["fingerprint"] != comp.base_fingerprint:
             raise InvalidInputError(f"init_from={path} was trained on another base model")
-        comp._load_weights(folder)
+        comp.load_weights(folder)
 
     def _resume(self) -> None:
         cfg = self.config
@@ -236,7 +236,7 @@ class Trainer:
             return
         self._check_same_run(path)
         state, optimizer_state = ckpt.load_state(path)
-        self.compressor._load_weights(path / "compressor")
+        self.compressor.load_weights(path / "compressor")
         self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])

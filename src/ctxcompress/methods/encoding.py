@@ -1,0 +1,100 @@
+"""Batching and KV helpers the encoders share: length-bucketed batches, right padding, a
+model's own KV prefill and gathering cache entries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ..models import cache_kwargs
+
+
+def encode_in_length_batches(
+    rows: Sequence[Any],
+    size: int,
+    length: Callable[[Any], int],
+    encode: Callable,
+    max_padding: float = 0.25,
+) -> list[Any]:
+    """Run ``encode`` over ``rows`` in batches of at most ``size`` rows of similar length;
+    returns one result per row, in the original order. ``encode(batch)`` returns one result
+    per row.
+
+    Rows go longest first; a row joins the current batch only if it would be padded by at
+    most ``max_padding`` of its own length (a 2-token remainder chunk batched with a 510-token
+    chunk would otherwise be padded to 510 and double the encoder's work).
+    """
+    order = sorted(range(len(rows)), key=lambda i: -length(rows[i]))  # stable
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < size:
+            width = length(rows[batches[-1][0]])  # the longest row of the batch
+            if width <= (1 + max_padding) * length(rows[i]):
+                batches[-1].append(i)
+                continue
+        batches.append([i])
+    results: list[Any] = [None] * len(rows)
+    for batch in batches:
+        for i, result in zip(batch, encode([rows[i] for i in batch]), strict=True):
+            results[i] = result
+    return results
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded ``[B, width]`` id tensor and its 0/1 validity mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        valid[i, : len(r)] = 1
+    return ids, valid
+
+
+def prefill_kv(
+    lm: nn.Module, rows: Sequence[Sequence[int]], position_start: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``lm``'s own KV cache of each token row (causal prefill, in batches of ``batch_size``
+    right-padded rows, positions from ``position_start``): ``(keys, values)`` of shape
+    ``[layers, kv_heads, len(row), head_dim]`` per row (empty for an empty row). Runs the
+    model as it is: callers switch adapters off or on."""
+    cfg = lm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    weight = lm.get_input_embeddings().weight
+    empty = weight.new_zeros(cfg.num_hidden_layers, cfg.num_key_value_heads, 0, head_dim)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * len(rows)
+    todo = [i for i, r in enumerate(rows) if len(r)]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        ids, valid = right_padded([rows[i] for i in batch])
+        positions = torch.arange(ids.shape[1])[None].expand(len(batch), -1) + position_start
+        cache = DynamicCache(config=cfg)
+        lm.get_decoder()(
+            input_ids=ids.to(weight.device),
+            attention_mask=valid.to(weight.device),
+            position_ids=positions.to(weight.device),
+            **cache_kwargs(cache),
+            use_cache=True,
+        )
+        k = torch.stack([layer.keys for layer in cache.layers])  # [layers, B, heads, T, dim]
+        v = torch.stack([layer.values for layer in cache.layers])
+        for j, i in enumerate(batch):
+            n = len(rows[i])
+            out[i] = (k[:, j, :, :n], v[:, j, :, :n])
+    return out
+
+
+def gather_cache_entries(
+    cache: DynamicCache, rows: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values at ``(rows[i], cols[i])`` of every layer: ``[N, layers, heads, dim]``.
+
+    Gathers layer by layer (a handful of index ops) instead of stacking the whole cache
+    first, which would copy every entry of every layer to keep a few."""
+    keys = torch.stack([layer.keys[rows, :, cols] for layer in cache.layers], dim=1)
+    values = torch.stack([layer.values[rows, :, cols] for layer in cache.layers], dim=1)
+    return keys, values

@@ -1,0 +1,66 @@
+"""Request limits and request bodies of the HTTP service (pydantic models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass
+class ServeLimits:
+    """Request limits; each violation is a 4xx with a JSON error."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body (413)."""
+    max_documents: int = 16
+    """Documents per ``POST /v1/contexts`` (422)."""
+    max_context_tokens: int | None = None
+    """Tokens per document (413); ``None``: what the base model's positions allow."""
+    max_questions: int = 64
+    """Questions per ``POST /v1/contexts/{id}/answers`` (422)."""
+    max_question_tokens: int = 512
+    """Tokens per question, with the question template (413)."""
+    max_new_tokens: int = 256
+    """Largest ``max_new_tokens`` / ``max_tokens`` a request may ask for (422)."""
+    max_stop: int = 8
+    """Stop strings per request (422)."""
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class ContextsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[str] | None = Field(None, description="Texts to compress.")
+    text: str | None = Field(None, description="One text to compress (instead of documents).")
+
+
+class AnswersRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    questions: list[str] | None = None
+    question: str | None = None
+    max_new_tokens: int | None = None
+    stop: str | list[str] | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat-completions body plus ``context_id``; other OpenAI fields are accepted
+    and ignored (decoding is greedy)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[ChatMessage]
+    context_id: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = 1
