@@ -96,18 +96,18 @@ def test_question_positions_continue_from_L(sac):
     assert prompt.embeds.shape[0] == 1 + len(sac.question_ids("Who?"))
 
 
-def test_one_context_many_questions_shares_one_prefix(sac, monkeypatch):
-    """Many questions against one context expand a single KV prefix (no copy per row)."""
+def test_one_context_many_questions_shares_one_kv_context(sac, monkeypatch):
+    """Many questions against one context expand a single KV context (no copy per row)."""
     from ctxcompress import generation
 
     seen = []
-    real = generation._stack_prefixes
+    real = generation._stack_kv_contexts
 
     def spy(model, prompts, device):
-        seen.append(len({id(p.prefix) for p in prompts}))
+        seen.append(len({id(p.kv_context) for p in prompts}))
         return real(model, prompts, device)
 
-    monkeypatch.setattr(generation, "_stack_prefixes", spy)
+    monkeypatch.setattr(generation, "_stack_kv_contexts", spy)
     ctx = sac.compress(TEXT * 3)
     sac.generate(ctx, QUESTIONS, max_new_tokens=2)
     assert seen == [1]

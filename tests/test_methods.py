@@ -139,7 +139,7 @@ def test_truncation_keeps_the_prompt_prefix_and_budgets_the_document(r):
     comp = build("truncation", ratio=r)
     text = TEXT * 4
     ids = comp.context_ids(text)
-    prefix = comp.prefix_ids()
+    prefix = comp.context_prefix_ids()
     assert ids[: len(prefix)] == prefix and len(prefix) == 1 + len(
         comp.tokenizer("### Context:\n", add_special_tokens=False).input_ids
     )
@@ -283,8 +283,8 @@ def test_length_batches_do_not_pad_a_short_remainder_to_a_full_chunk():
 def test_truncation_with_the_prefix_in_its_budget_keeps_as_many_entries_as_sac(method, length):
     options = {"context": "truncation"} if method == "prompt_tuned" else {}
     comp = build(method, ratio=4, prefix_in_budget=True, **options)
-    ids = comp.prefix_ids() + [(7 * i) % 300 + 3 for i in range(length)]
+    ids = comp.context_prefix_ids() + [(7 * i) % 300 + 3 for i in range(length)]
     (ctx,) = comp.compress_ids([ids])
-    expected = max(len(comp.prefix_ids()), sac_compressed_length(len(ids), 4, 510))
+    expected = max(len(comp.context_prefix_ids()), sac_compressed_length(len(ids), 4, 510))
     assert ctx.compressed_length == expected == comp.compressed_length(len(ids))
     assert comp.keep(ids) == ids[:expected]

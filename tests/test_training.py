@@ -118,7 +118,7 @@ def test_long_documents_become_windows_instead_of_being_dropped(tmp_path):
     windows = [ids[i : i + 100] for i in range(0, len(ids), 100)]
     kept = [w for w in windows if len(w) >= 20]
     assert len(got.examples) == len(kept) and got.dropped == len(windows) - len(kept)
-    head = len(comp.prefix_ids())
+    head = len(comp.context_prefix_ids())
     for ex, w in zip(got.examples, kept, strict=True):
         assert list(ex.context_ids[head:]) == w[: len(w) // 2]
         assert list(ex.target_ids) == w[len(w) // 2 :] + [comp.tokenizer.eos_token_id]

@@ -30,9 +30,10 @@ from .shared_prefix import own_tokens_mask, shared_prefix_attention, supports
 
 @dataclass
 class DecoderPrompt:
-    """One decoder row: ``prefix`` KV (or None), then ``embeds`` [T, H] at ``positions`` [T]."""
+    """One decoder row: a ``kv_context`` (a ``kind="kv"`` context read as the KV cache, or
+    None), then ``embeds`` [T, H] at ``positions`` [T]."""
 
-    prefix: CompressedContext | None
+    kv_context: CompressedContext | None
     embeds: torch.Tensor
     positions: torch.Tensor
 
@@ -73,31 +74,31 @@ def build_decoder_batch(model: PreTrainedModel, prompts: Sequence[DecoderPrompt]
         embeds[row, width - n :] = p.embeds
         positions[row, width - n :] = p.positions
         prompt_mask[row, width - n :] = 1
-    cache, prefix_mask = _stack_prefixes(model, prompts, device)
+    cache, context_mask = _stack_kv_contexts(model, prompts, device)
     attention_mask = (
-        prompt_mask if prefix_mask is None else torch.cat([prefix_mask, prompt_mask], 1)
+        prompt_mask if context_mask is None else torch.cat([context_mask, prompt_mask], 1)
     )
     next_positions = positions[:, -1] + 1
     return DecoderBatch(embeds, positions, attention_mask, cache, lengths, next_positions)
 
 
-def _stack_prefixes(model, prompts, device):
-    prefixes = [p.prefix for p in prompts]
-    if all(c is None for c in prefixes):
+def _stack_kv_contexts(model, prompts, device):
+    contexts = [p.kv_context for p in prompts]
+    if all(c is None for c in contexts):
         return None, None
-    if any(c is None or c.kind != "kv" for c in prefixes):  # an empty context has no prefix
-        raise ValueError("either every decoder row has a KV prefix or none has")
-    first = prefixes[0]
-    if all(c is first for c in prefixes):  # one context, many questions: share by expansion
+    if any(c is None or c.kind != "kv" for c in contexts):  # an empty context has none
+        raise ValueError("either every decoder row has a KV context or none has")
+    first = contexts[0]
+    if all(c is first for c in contexts):  # one context, many questions: share by expansion
         cache = first.to_dynamic_cache(len(prompts), config=model.config)
         mask = torch.ones(len(prompts), first.compressed_length, dtype=torch.long, device=device)
         return cache, mask
-    width = max(c.compressed_length for c in prefixes)
+    width = max(c.compressed_length for c in contexts)
     n_layers, heads, _, dim = first.keys.shape
-    keys = first.keys.new_zeros(n_layers, len(prefixes), heads, width, dim)
+    keys = first.keys.new_zeros(n_layers, len(contexts), heads, width, dim)
     values = torch.zeros_like(keys)
-    mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=device)
-    for row, c in enumerate(prefixes):
+    mask = torch.zeros(len(contexts), width, dtype=torch.long, device=device)
+    for row, c in enumerate(contexts):
         n = c.compressed_length
         keys[:, row, :, width - n :] = c.keys
         values[:, row, :, width - n :] = c.values
@@ -259,10 +260,10 @@ def _shared_prefix(
     model: PreTrainedModel, prompts: Sequence[DecoderPrompt]
 ) -> CompressedContext | None:
     """The one KV context every row reads, when shared-prefix attention applies to it."""
-    first = prompts[0].prefix
+    first = prompts[0].kv_context
     if len(prompts) < 2 or first is None or first.kind != "kv":
         return None
-    if any(p.prefix is not first for p in prompts) or not supports(model):
+    if any(p.kv_context is not first for p in prompts) or not supports(model):
         return None
     return first
 

@@ -169,7 +169,7 @@ class Compressor(
             raise InvalidInputError("a context is empty (or only whitespace): nothing to compress")
         return self._bos() + self._encode(self.config.context_prefix + text)
 
-    def prefix_ids(self) -> list[int]:
+    def context_prefix_ids(self) -> list[int]:
         """The ids every tokenized context starts with: BOS (if used) + ``context_prefix``."""
         return self._bos() + self._encode(self.config.context_prefix)
 
@@ -310,7 +310,7 @@ class Compressor(
         """Positions an answer of ``new_tokens`` to a ``prompt_length``-token question prompt
         reaches after ``ctx``: the one rule ``generate`` and the service both check against
         the model's positions (the opener — ``[LM]`` and any prompt vectors — included)."""
-        opener = self.task_prefix("lm")
+        opener = self.decoder_opener("lm")
         opener_length = 0 if opener is None else int(opener.shape[0])
         return self.first_decoder_position(ctx) + opener_length + prompt_length + new_tokens
 
@@ -327,7 +327,7 @@ class Compressor(
             return self.ae_embedding
         raise InvalidInputError(f"unknown decoder task {task!r}; use 'lm' or 'ae'")
 
-    def task_prefix(self, task: str) -> torch.Tensor | None:
+    def decoder_opener(self, task: str) -> torch.Tensor | None:
         """The learned vectors ``[n, hidden]`` that open the decoder prompt for ``task``:
         ``[LM]`` or ``[AE]`` alone by default; prompt-tuned baselines put their prompt
         vectors before it."""
@@ -342,19 +342,19 @@ class Compressor(
         embed = self.lm.get_input_embeddings()
         ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)
         parts = [embed(ids)]
-        opener = self.task_prefix(task)
+        opener = self.decoder_opener(task)
         if opener is not None:
             parts.insert(0, opener.to(self.dtype))
         length = sum(int(p.shape[0]) for p in parts)
         start = self.first_decoder_position(ctx)
         positions = torch.arange(start, start + length, device=self.device)
-        prefix: CompressedContext | None = ctx if ctx.compressed_length else None
+        kv_context: CompressedContext | None = ctx if ctx.compressed_length else None
         if ctx.kind == "embeds":
-            prefix = None
+            kv_context = None
             if ctx.compressed_length:
                 parts.insert(0, ctx.embeds.to(self.dtype))
                 positions = torch.cat([ctx.positions.to(self.device), positions])
-        return DecoderPrompt(prefix=prefix, embeds=torch.cat(parts), positions=positions)
+        return DecoderPrompt(kv_context=kv_context, embeds=torch.cat(parts), positions=positions)
 
     def decoder_hidden(
         self,
@@ -366,7 +366,7 @@ class Compressor(
 
         Differentiable (gradients flow into the contexts). Returns ``[B, T, hidden]``; rows
         are left-padded, so the last ``n = k + len(prompt_ids[b])`` columns of row b are its
-        inputs (``k``: the rows of :meth:`task_prefix`) and column ``-n + i`` predicts the
+        inputs (``k``: the rows of :meth:`decoder_opener`) and column ``-n + i`` predicts the
         token after input i. No LM head is applied: training computes logits only where
         there are labels.
         """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -30,15 +30,17 @@ class HardConfig(CompressorConfig):
 
     lora_rank: int = 0
     position_start: int = 0
+    adapter_allowed: ClassVar[bool] = False
+    """Whether ``lora_rank > 0`` is allowed (the prompt-tuned bounds' trained truncation)."""
 
     def validate(self) -> None:
         super().validate()
-        if self.lora_rank != 0:
+        if self.lora_rank != 0 and not self.adapter_allowed:
             raise InvalidInputError("hard baselines have no adapter: lora_rank must be 0")
         if self.sink_tokens:
             raise InvalidInputError(
-                "sink_tokens is for the learned compressors: the hard baselines already keep "
-                "the head of the context as it is"
+                "sink_tokens is for the learned compressors: the hard baselines and the "
+                "prompt-tuned bounds already read the head of the context as it is"
             )
 
 
@@ -116,7 +118,7 @@ class Truncation(HardBaseline):
         return sum(memory_slots(e - s, self.config.ratio) for s, e in spans)
 
     def _prefix_length(self, ids: Sequence[int]) -> int:
-        prefix = self.prefix_ids()
+        prefix = self.context_prefix_ids()
         return len(prefix) if list(ids[: len(prefix)]) == prefix else 0
 
     def _body_budget(self, length: int, prefix: int) -> int:
@@ -126,7 +128,7 @@ class Truncation(HardBaseline):
 
     def compressed_length(self, length: int) -> int:
         """Entries kept of a tokenized context of ``length`` tokens (prefix included)."""
-        n = min(len(self.prefix_ids()), length)
+        n = min(len(self.context_prefix_ids()), length)
         return n + self._body_budget(length, n)
 
     def keep(self, ids: Sequence[int]) -> list[int]:

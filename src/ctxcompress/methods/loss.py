@@ -32,8 +32,8 @@ class TrainingLossMixin:
         rows, cols, labels = [], [], []
         tasks = tasks or ["lm"] * len(target_ids)
         for row, (p, t, task) in enumerate(zip(prompt_ids, target_ids, tasks, strict=True)):
-            prefix = self.task_prefix(task)  # [LM]/[AE] (and prompt vectors), if any
-            opener = 0 if prefix is None else int(prefix.shape[0])
+            vectors = self.decoder_opener(task)  # [LM]/[AE] (and prompt vectors), if any
+            opener = 0 if vectors is None else int(vectors.shape[0])
             if opener + len(p) == 0:
                 raise InvalidInputError("a method without [LM] needs a non-empty prompt")
             # The row is [opener vectors] + p + t[:-1], right-aligned; the input just before

@@ -23,27 +23,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError
 from ..models import BaseModel
-from .config import CompressorConfig
-from .hard import Truncation
+from .hard import Truncation, TruncationConfig
 
 
 @dataclass
-class PromptTunedConfig(CompressorConfig):
-    """A hard baseline plus a learned soft prompt (and optionally a LoRA encoder)."""
+class PromptTunedConfig(TruncationConfig):
+    """A hard baseline plus a learned soft prompt (and optionally a LoRA encoder).
+
+    ``truncation`` and ``prefix_in_budget`` (from :class:`TruncationConfig`) apply with
+    ``context="truncation"``."""
 
     context: Literal["full", "truncation", "none"] = "full"
     """What the frozen model reads: the whole context, its truncation, or nothing."""
-    truncation: Literal["head", "head_tail"] = "head"
-    """For ``context="truncation"``: keep the head, or half the budget from each end."""
-    prefix_in_budget: bool = False
-    """For ``context="truncation"``: the prompt prefix counts against the budget (equal C)."""
     prompt_vectors: int = 8
     """Learned prompt vectors placed before ``[LM]`` (0: ``[LM]`` alone)."""
     prompt_init: Literal["vocab", "random"] = "vocab"
@@ -51,29 +49,24 @@ class PromptTunedConfig(CompressorConfig):
     al.'s better initialisation) or from N(0, init_std)."""
     lora_rank: int = 0
     """0: the frozen model reads the kept tokens. > 0: a LoRA encoder encodes them."""
-    position_start: int = 0
+    adapter_allowed: ClassVar[bool] = True
 
     def validate(self) -> None:
         super().validate()
         if self.prompt_vectors < 0:
             raise InvalidInputError(f"prompt_vectors must be >= 0, got {self.prompt_vectors}")
-        if self.sink_tokens:
-            raise InvalidInputError(
-                "sink_tokens is for the compressors: a prompt-tuned bound reads the head of the "
-                "context as it is"
-            )
 
 
 class PromptTuned(Truncation):
     """Full context / truncation / no context with a learned soft prompt before the question."""
 
     method = "prompt_tuned"
-    config_class = PromptTunedConfig  # type: ignore[assignment]
-    config: PromptTunedConfig  # type: ignore[assignment]
+    config_class = PromptTunedConfig
+    config: PromptTunedConfig
     uses_lm_token = True
 
     def __init__(self, base: BaseModel, config: PromptTunedConfig | None = None) -> None:
-        super().__init__(base, config or PromptTunedConfig())  # type: ignore[arg-type]
+        super().__init__(base, config or PromptTunedConfig())
         n = self.config.prompt_vectors
         self.prompt_embedding = nn.Parameter(self._initial_prompt(n)) if n else None
 
@@ -84,8 +77,8 @@ class PromptTuned(Truncation):
         tokens = torch.randint(0, table.shape[0], (n,), generator=self.generator)
         return table.detach()[tokens.to(table.device)].clone()
 
-    def task_prefix(self, task: str) -> torch.Tensor | None:
-        opener = super().task_prefix(task)
+    def decoder_opener(self, task: str) -> torch.Tensor | None:
+        opener = super().decoder_opener(task)
         if task != "lm" or self.prompt_embedding is None or opener is None:
             return opener
         return torch.cat([self.prompt_embedding, opener])

@@ -88,7 +88,7 @@ def continuation_example(
         return None
     half = len(ids) // 2
     return TrainExample(
-        context_ids=tuple(comp.prefix_ids() + ids[:half]),
+        context_ids=tuple(comp.context_prefix_ids() + ids[:half]),
         prompt_ids=(),
         target_ids=(*ids[half:], _eos(comp)),
     )
@@ -99,7 +99,7 @@ def autoencoding_example(comp: Compressor, text: str | Sequence[int]) -> TrainEx
     if isinstance(text, str):
         context, ids = comp.context_ids(text), _text_ids(comp, text)
     else:
-        context, ids = comp.prefix_ids() + list(text), list(text)
+        context, ids = comp.context_prefix_ids() + list(text), list(text)
     return TrainExample(
         context_ids=tuple(context),
         prompt_ids=(),

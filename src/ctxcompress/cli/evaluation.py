@@ -1,0 +1,210 @@
+"""``ctxcompress demo``, ``eval``, ``report`` and ``bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import InvalidInputError
+from ._common import (
+    BaseModelOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    RatioOpt,
+    app,
+    console,
+    err_console,
+    get_compressor,
+    parse_options,
+    resolve_method,
+    user_errors,
+)
+
+
+@app.command()
+@user_errors
+def demo() -> None:
+    """Compress a real document with the embedded SmolLM2-135M and answer questions.
+
+    Uses a Natural Questions passage from ../shared/data (or $CTXCOMPRESS_DATA) when present,
+    else the Zen of Python. Compares an (as yet untrained) SAC compressor at ratio 4 with the
+    same frozen model reading the full context. The first run converts the embedded GGUF
+    model to a cached safetensors folder (about half a minute).
+    """
+    from .. import demo as demo_module
+
+    demo_module.main()
+
+
+@app.command(name="eval")
+@user_errors
+def eval_command(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Dataset spec: nq-oracle:test, nq-oracle:dev, aclsum:validation, "
+            "hub:mrqa:validation, jsonl:PATH, ... (see ctxcompress.data).",
+        ),
+    ],
+    model: ModelOpt = None,
+    base_model: BaseModelOpt = None,
+    method: Annotated[
+        str, typer.Option(help="Method for a fresh compressor or hard baseline (no --model).")
+    ] = "truncation",
+    ratio: RatioOpt = None,
+    options: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
+    ] = None,
+    data_options: Annotated[
+        list[str] | None,
+        typer.Option("--data-set", help="Data loader option, key=value (e.g. num_distractors=9)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    label: Annotated[
+        str | None, typer.Option(help="Row name in tables and plots (default: method@ratio).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write every prediction (JSON) + a Markdown table."),
+    ] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Evaluate a trained compressor or a hard baseline on a dataset split.
+
+    QA data is scored with SQuAD/MRQA EM and token F1 (max over gold answers) and with the SAC
+    paper's convention; summarisation data (aclsum) with ROUGE-1/2/L. Prints the table; `--out`
+    keeps every prediction for inspection.
+    """
+    from ..data import load_qa, load_summarization
+    from ..evaluation import evaluate, markdown_table
+
+    loader_options = parse_options(data_options)
+    is_summary = data.startswith("aclsum:")
+    load = load_summarization if is_summary else load_qa
+    examples = load(data, limit=limit, **loader_options)
+    comp, _fresh = get_compressor(
+        model=model,
+        base_model=base_model,
+        method=method,
+        ratio=ratio,
+        dtype=dtype,
+        device=device,
+        options=parse_options(options),
+    )
+    result = evaluate(
+        comp,
+        examples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        label=label or f"{comp.method}@{comp.config.ratio}x",
+    )
+    console.print(markdown_table([result]))
+    if out is not None:
+        console.print(f"predictions: {result.save(out)}  table: {Path(out).with_suffix('.md')}")
+
+
+@app.command()
+@user_errors
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="Evaluation JSON files (ctxcompress eval --out).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG plot to write.")] = Path(
+        "quality_vs_ratio.png"
+    ),
+    metric: Annotated[
+        str | None, typer.Option(help="f1, em, sac_f1, sac_em, rouge1, rouge2, rougeL.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="Plot title.")] = None,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A system's label (its 'method' in the table; repeatable): also print every "
+            "system's paired difference from it, with 95% bootstrap intervals over the items."
+        ),
+    ] = None,
+    depth_bins: Annotated[
+        int, typer.Option(min=1, help="Bins of [0, 1] for the quality-by-depth plot.")
+    ] = 5,
+) -> None:
+    """Draw quality against compression ratio for several evaluation runs, and print the table.
+
+    When every prediction records where its answer is (RULER ``depth``, SQuAD
+    ``answer_depth`` or the ``gold_position`` of multi-passage contexts), also draw quality
+    against that depth (``<out>_depth.png``)."""
+    from ..evaluation import EvalResult, difference_table, markdown_table, plot_quality_vs_ratio
+    from ..evaluation.report import depth_key, plot_quality_vs_depth
+
+    loaded = [EvalResult.load(p) for p in results]
+    if len({r.task for r in loaded}) > 1:
+        raise InvalidInputError("mixing QA and summarisation results in one report")
+    labels = {r.method: r for r in loaded}
+    if unknown := [a for a in against or [] if a not in labels]:
+        raise InvalidInputError(
+            f"--against {unknown[0]!r} is none of the results' labels: {', '.join(labels)}"
+        )
+    # Markdown tables: one line per row, never wrapped at the terminal's width.
+    console.print(markdown_table(loaded), soft_wrap=True)
+    if against:
+        default = "rougeL" if loaded[0].task == "summarization" else "f1"
+        table = difference_table(loaded, [labels[a] for a in against], metric or default)
+        console.print(table, soft_wrap=True)
+    console.print(f"plot: {plot_quality_vs_ratio(loaded, out, metric=metric, title=title)}")
+    if key := depth_key(loaded):
+        depth_out = out.with_name(f"{out.stem}_depth{out.suffix}")
+        plot_quality_vs_depth(
+            loaded, depth_out, key=key, metric=metric, bins=depth_bins, title=title
+        )
+        console.print(f"plot by {key}: {depth_out}")
+
+
+@app.command()
+@user_errors
+def bench(
+    base_model: Annotated[
+        str, typer.Option("--base-model", help="'tiny', 'embedded' (SmolLM2-135M), a folder or id.")
+    ] = "tiny",
+    method: Annotated[str, typer.Option(help="Method to measure.")] = "sac",
+    lengths: Annotated[str, typer.Option(help="Context lengths L, comma-separated.")] = (
+        "512,2048,8192"
+    ),
+    ratios: Annotated[str, typer.Option(help="Compression ratios, comma-separated.")] = "4,16",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median).")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(min=2)] = 16,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write JSON here (and a .md table beside).")
+    ] = None,
+) -> None:
+    """Speed and memory: compression vs prefill, answer latency vs the physical limit (a plain
+    prompt of the compressed length) and vs the full context, KV bytes, batched questions.
+
+    Every ratio in the table is measured within this one run; see docs/benchmarks.md.
+    """
+    import json as json_lib
+
+    from ..bench import BenchSettings, markdown_report, run_speed_benchmark
+
+    settings = BenchSettings(
+        base_model=base_model,
+        method=resolve_method(method),
+        lengths=tuple(int(x) for x in lengths.split(",")),
+        ratios=tuple(int(x) for x in ratios.split(",")),
+        repeats=repeats,
+        max_new_tokens=max_new_tokens,
+    )
+    result = run_speed_benchmark(settings, progress=lambda m: err_console.print(m))
+    table = markdown_report(result)
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json_lib.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")
+        console.print(f"written: {out}")
