@@ -55,31 +55,31 @@ def train_with_dev_curve(
     """
     clock = clock or {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
     curve_path = out / "curves.json"
-    while True:
+
+    def record(trainer: Trainer) -> None:
         step = trainer.step
         curves = load_json(curve_path, {})
         points = curves.setdefault(name, [])
-        if not any(p["step"] == step for p in points):
-            start = time.perf_counter()
-            comp, limits = trainer.compressor, {"max_new_tokens": 32, "batch_size": 16}
-            result = evaluate(comp, dev, **limits, progress=False, label=name)
-            points.append(
-                {
-                    "step": step,
-                    "f1": result.overall["f1"],
-                    "em": result.overall["em"],
-                    "train_seconds": clock["train_seconds"] + trainer.train_seconds,
-                    "train_cpu_seconds": clock["train_cpu_seconds"] + trainer.train_cpu_seconds,
-                }
-            )
-            points.sort(key=lambda p: p["step"])
-            write_json(curve_path, curves)
-            add_seconds(out / "wall_seconds.json", f"dev:{name}", time.perf_counter() - start)
-            f1 = 100 * result.overall["f1"]
-            print(f"[{tag}] {name} step {step}: dev F1 {f1:.1f}", flush=True)
-        if step >= trainer.loop.steps:
-            return
-        trainer.run(until_step=step + every)
+        if any(p["step"] == step for p in points):
+            return  # recorded before a resume
+        start = time.perf_counter()
+        limits = {"max_new_tokens": 32, "batch_size": 16}
+        result = evaluate(trainer.compressor, dev, **limits, progress=False, label=name)
+        points.append(
+            {
+                "step": step,
+                "f1": result.overall["f1"],
+                "em": result.overall["em"],
+                "train_seconds": clock["train_seconds"] + trainer.train_seconds,
+                "train_cpu_seconds": clock["train_cpu_seconds"] + trainer.train_cpu_seconds,
+            }
+        )
+        points.sort(key=lambda p: p["step"])
+        write_json(curve_path, curves)
+        add_seconds(out / "wall_seconds.json", f"dev:{name}", time.perf_counter() - start)
+        print(f"[{tag}] {name} step {step}: dev F1 {100 * result.overall['f1']:.1f}", flush=True)
+
+    trainer.run(eval_every=every, on_eval=record)
 
 
 def plot_curves(

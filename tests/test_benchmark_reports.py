@@ -332,3 +332,29 @@ def test_standard_report_scores_kvpress_rows_with_ours_by_depth(tmp_path, monkey
     assert "| kvpress:kvzip@16x | 50.0 [0.0, 100.0] | +50.0 [0.0, 100.0] |" in text
     assert "| kvpress:kvzip@16x | 100.0 (n=1) | 0.0 (n=1) |" in text  # by depth bin
     assert "Not finished yet: kvpress:snapkv." in text
+
+
+def test_dev_curves_of_the_benchmarks_resume_without_duplicate_points(qa_file, tmp_path):
+    """benchmarks/_common.train_with_dev_curve runs on Trainer.run(eval_every=, on_eval=):
+    one point per multiple of the interval, none evaluated twice across a resume."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    common = load_script("benchmarks/_common.py")
+    from ctxcompress.data import load_qa
+    from ctxcompress.training import Trainer, parse_config
+
+    cfg = {
+        "method": "sac",
+        "base_model": "tiny",
+        "method_options": {"ratio": 2, "lora_rank": 4},
+        "data": [{"source": f"jsonl:{qa_file}"}],
+        "train": {"steps": 4, "batch_size": 2, "micro_batch_size": 2, "save_every": 2},
+        "output_dir": str(tmp_path / "run"),
+    }
+    dev = load_qa(f"jsonl:{qa_file}", limit=2)
+    first = Trainer(parse_config(cfg))
+    first.run(until_step=2)  # as if killed after the step-2 checkpoint, before its dev point
+    common.train_with_dev_curve(Trainer(parse_config(cfg)), "sac", dev, tmp_path, 2, tag="t")
+    common.train_with_dev_curve(Trainer(parse_config(cfg)), "sac", dev, tmp_path, 2, tag="t")
+    points = json.loads((tmp_path / "curves.json").read_text())["sac"]
+    assert [p["step"] for p in points] == [2, 4]
+    assert points[0]["train_seconds"] < points[1]["train_seconds"]

@@ -88,7 +88,7 @@ def test_continuation_splits_in_half_and_filters_by_length():
 
 
 def test_long_documents_become_windows_instead_of_being_dropped(tmp_path):
-    from ctxcompress.training.trainer import build_examples
+    from ctxcompress.training import build_examples
 
     comp = make_sac(tiny_model(), ratio=2)
     words = " ".join(f"w{i}" for i in range(400))
@@ -232,6 +232,52 @@ def test_resume_after_a_crash_equals_one_run(qa_file, tmp_path):
     # Old checkpoints are pruned, none is half-written.
     names = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert names == ["step-000004", "step-000008"]
+
+
+def test_learning_curve_callback_sees_every_nth_step_and_leaves_training_unchanged(
+    qa_file, tmp_path
+):
+    """``run(eval_every=, on_eval=)``: called at the start, every N steps and at the last
+    step (after a resume again at the resumed step); the weights are those of a plain run."""
+    plain = Trainer(config("sac", qa_file, tmp_path / "plain"))
+    plain.run()
+    seen: list[tuple[int, bool]] = []
+
+    def on_eval(trainer):
+        seen.append((trainer.step, trainer.compressor.training))
+        trainer.compressor.generate(
+            trainer.compressor.compress("A box."), "Code?", max_new_tokens=2
+        )
+
+    first = Trainer(config("sac", qa_file, tmp_path / "curve", save_every=2))
+    first.run(until_step=4, eval_every=3, on_eval=on_eval)
+    assert [s for s, _ in seen] == [0, 3]
+    second = Trainer(config("sac", qa_file, tmp_path / "curve", save_every=2))
+    second.run(eval_every=3, on_eval=on_eval)
+    assert [s for s, _ in seen] == [0, 3, 6, 8]  # 4 (the resume step) is not a multiple of 3
+    a, b = params(plain.compressor), params(second.compressor)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    with pytest.raises(cc.InvalidInputError, match="eval_every"):
+        second.run(eval_every=0, on_eval=on_eval)
+
+
+def test_cli_train_writes_a_learning_curve_that_survives_a_resume(qa_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from ctxcompress.cli import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config("sac", qa_file, tmp_path / "o").to_dict()))
+    args = ["train", "-c", str(path), "--eval-data", f"jsonl:{qa_file}", "--eval-every", "4"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--until-step", "4"]).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0
+    points = [json.loads(line) for line in (tmp_path / "o" / "eval.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == [0, 4, 8]
+    assert all(0 <= p["f1"] <= 1 and p["n"] == 4 for p in points)
+    refused = runner.invoke(app, ["train", "-c", str(path), "--eval-every", "4"])
+    assert refused.exit_code == 2 and "go together" in refused.output
 
 
 def test_resume_refuses_a_changed_configuration(qa_file, tmp_path):

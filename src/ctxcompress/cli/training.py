@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ._common import (
-    app,
-    console,
-    user_errors,
-)
+from ..errors import InvalidInputError
+from ._common import app, console, err_console, user_errors
 
 
 @app.command()
@@ -32,6 +31,20 @@ def train(
         int | None,
         typer.Option(help="Stop after this step (a checkpoint is written; rerun to resume)."),
     ] = None,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            help="QA data for a learning curve, e.g. nq-oracle:dev (see `ctxcompress eval`): "
+            "EM/F1 at the start and every --eval-every steps, appended to "
+            "<output_dir>/eval.jsonl (kept across resumes)."
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between learning-curve points (with --eval-data).")
+    ] = None,
+    eval_limit: Annotated[
+        int, typer.Option(help="Learning-curve examples (the first N of --eval-data).")
+    ] = 50,
 ) -> None:
     """Train a compressor (stage 1 or 2) as a YAML config describes.
 
@@ -43,7 +56,45 @@ def train(
     """
     from ..training import Trainer, load_config
 
-    trainer = Trainer(load_config(config, overrides or []))
-    summary = trainer.run(until_step=until_step)
+    if (eval_data is None) != (eval_every is None):
+        raise InvalidInputError("--eval-data and --eval-every go together: give both or neither")
+    cfg = load_config(config, overrides or [])
+    on_eval = None
+    if eval_data is not None:
+        from ..data import load_qa
+
+        examples = load_qa(eval_data, limit=eval_limit)  # before training: fail fast
+        on_eval = learning_curve(examples, Path(cfg.output_dir) / "eval.jsonl")
+    trainer = Trainer(cfg)
+    summary = trainer.run(until_step=until_step, eval_every=eval_every, on_eval=on_eval)
     if trainer.accelerator.is_main_process:
         console.print_json(data={k: v for k, v in summary.items() if not isinstance(v, dict)})
+
+
+def learning_curve(examples: list, path: Path) -> Callable[[Any], None]:
+    """An ``on_eval`` for :meth:`Trainer.run`: EM/F1 on ``examples`` appended to ``path``
+    (JSON lines with the step and the training clock), skipping steps already there."""
+    from ..evaluation import evaluate
+
+    def record(trainer: Any) -> None:
+        done = set()
+        if path.is_file():
+            done = {json.loads(line)["step"] for line in path.read_text().splitlines() if line}
+        if trainer.step in done:
+            return
+        result = evaluate(trainer.compressor, examples, progress=False, label="learning curve")
+        point = {
+            "step": trainer.step,
+            "em": result.overall["em"],
+            "f1": result.overall["f1"],
+            "n": len(examples),
+            "train_seconds": trainer.train_seconds,
+        }
+        with path.open("a") as f:
+            f.write(json.dumps(point) + "\n")
+        err_console.print(
+            f"step {trainer.step}: EM {100 * point['em']:.1f} F1 {100 * point['f1']:.1f} "
+            f"({len(examples)} examples)"
+        )
+
+    return record

@@ -1,6 +1,7 @@
 """Training: objectives, a deterministic data mixture, and an accelerate-based trainer."""
 
 from .config import DataSource, LoopConfig, TrainConfig, load_config, parse_config
+from .examples import SourceExamples, build_examples
 from .objectives import (
     TrainExample,
     autoencoding_example,
@@ -8,12 +9,13 @@ from .objectives import (
     qa_example,
 )
 from .sampler import MixtureSampler
-from .trainer import Trainer, build_examples, train
+from .trainer import Trainer, train
 
 __all__ = [
     "DataSource",
     "LoopConfig",
     "MixtureSampler",
+    "SourceExamples",
     "TrainConfig",
     "TrainExample",
     "Trainer",

@@ -20,7 +20,6 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,87 +30,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from .. import data as data_lib
 from ..errors import InvalidInputError
 from ..methods import Compressor, build_compressor
 from ..methods.persistence import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
-from .config import DataSource, DistillConfig, LoopConfig, TrainConfig
+from .config import DistillConfig, LoopConfig, TrainConfig
 from .distillation import build_teacher_targets
-from .objectives import (
-    TrainExample,
-    autoencoding_example,
-    continuation_example,
-    document_windows,
-    qa_example,
-)
+from .examples import build_examples
+from .objectives import TrainExample
 from .sampler import MixtureSampler
-
-
-@dataclass
-class SourceExamples:
-    """Tokenized examples of one data source, with what the filters dropped."""
-
-    source: DataSource
-    examples: list[TrainExample]
-    dropped: int
-
-
-def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) -> SourceExamples:
-    """Load one data source and turn it into token-level examples of its objective."""
-    loop = config.train
-    options = dict(source.options)
-    limit, seed = source.limit, loop.seed
-    examples: list[TrainExample] = []
-    dropped = 0
-    if source.objective == "qa":
-        for rec in data_lib.load_qa(source.source, limit=limit, seed=seed, **options):
-            examples.append(qa_example(comp, rec.context, rec.question, rec.answers[0]))
-    elif source.objective == "summarization":
-        for doc in data_lib.load_summarization(source.source, limit=limit, seed=seed, **options):
-            examples.append(qa_example(comp, doc.document, doc.question(), doc.summary))
-    else:
-        for text in _texts(source, limit, seed, options):
-            pieces = (
-                document_windows(comp, text, loop.continuation_max_tokens)
-                if loop.document_windows
-                else [text]
-            )
-            for piece in pieces:
-                ex = _text_example(comp, piece, source.objective, loop)
-                if ex is None:
-                    dropped += 1
-                else:
-                    examples.append(ex)
-    limit_tokens = loop.max_context_tokens
-    if limit_tokens is not None:
-        kept = [e for e in examples if len(e.context_ids) <= limit_tokens]
-        dropped += len(examples) - len(kept)
-        examples = kept
-    if not examples:
-        raise InvalidInputError(
-            f"data source {source.source!r} ({source.objective}) gives no training examples "
-            f"({dropped} dropped by the length filters)"
-        )
-    return SourceExamples(source, examples, dropped)
-
-
-def _text_example(comp: Compressor, text, objective: str, loop) -> TrainExample | None:
-    """A continuation or autoencoding example of a text (or a window of its token ids)."""
-    if objective == "continuation":
-        return continuation_example(
-            comp,
-            text,
-            min_tokens=loop.continuation_min_tokens,
-            max_tokens=loop.continuation_max_tokens,
-        )
-    return autoencoding_example(comp, text)
-
-
-def _texts(source: DataSource, limit, seed, options) -> list[str]:
-    """Plain texts for continuation/autoencoding (see ``ctxcompress.data.load_texts``)."""
-    return [d.text for d in data_lib.load_texts(source.source, limit=limit, seed=seed, **options)]
 
 
 class Trainer:
@@ -371,10 +299,36 @@ class Trainer:
             "temperature": self.config.distill.temperature,
         }
 
-    def run(self, until_step: int | None = None) -> dict[str, Any]:
-        """Train to ``train.steps`` (or stop early at ``until_step``); returns a summary."""
+    def run(
+        self,
+        until_step: int | None = None,
+        *,
+        eval_every: int | None = None,
+        on_eval: Callable[[Trainer], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train to ``train.steps`` (or stop early at ``until_step``); returns a summary.
+
+        With ``on_eval`` and ``eval_every``, ``on_eval(trainer)`` runs on the main process
+        (the others wait) at the step training starts or resumes from and after every step
+        that is a multiple of ``eval_every`` or the last one — a learning curve without a
+        loop of one's own. It sees ``trainer.step``, ``trainer.compressor`` and the training
+        clock; after a resume it is called again for the step it resumed at, so it should
+        skip points it has already recorded.
+        """
         acc, loop = self.accelerator, self.loop
         end = min(loop.steps, until_step or loop.steps)
+        if on_eval is not None and (not isinstance(eval_every, int) or eval_every < 1):
+            raise InvalidInputError(
+                f"eval_every must be an int >= 1 with on_eval, got {eval_every!r}"
+            )
+
+        def evaluate_here() -> None:
+            if on_eval is None or not (self.step % eval_every == 0 or self.step == loop.steps):
+                return
+            if acc.is_main_process:
+                on_eval(self)
+            acc.wait_for_everyone()
+
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict()))
@@ -393,6 +347,7 @@ class Trainer:
         )
         started, tokens_seen = time.perf_counter(), 0
         last: dict[str, Any] = {}
+        evaluate_here()
         while self.step < end:
             wall, cpu = time.perf_counter(), time.process_time()
             last = self.train_step()
@@ -417,6 +372,7 @@ class Trainer:
                 self.on_step(self.step, last)
             if self.step % loop.save_every == 0 or self.step == loop.steps:
                 self.save_checkpoint()
+            evaluate_here()
         bar.close()
         if self.step < loop.steps and self.step % loop.save_every:
             self.save_checkpoint()  # stopped early on purpose: make it resumable
@@ -485,4 +441,4 @@ def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
     return Trainer(config, **kwargs).run()
 
 
-__all__ = ["SourceExamples", "Trainer", "build_examples", "train"]
+__all__ = ["Trainer", "train"]
