@@ -52,8 +52,11 @@ DATA_FILE = "nq-open-oracle.jsonl.gz"
 
 
 # ---------------------------------------------------------------------------------- metrics
-# SQuAD v1.1 official normalisation and metrics, as src/ctxcompress/evaluation/metrics.py
-# implements them (that module imports ctxcompress.errors, so it is reimplemented here).
+# SQuAD v1.1 official normalisation and metrics, as src/ctxcompress/normalization.py and
+# evaluation/metrics.py implement them. A copy on purpose: this script runs inside
+# .venv-kvpress, where ctxcompress (and its transformers) is not installed. The scores that
+# the benchmarks report are recomputed from the saved predictions with ctxcompress's own
+# metrics (benchmarks/standard/run.py: kvpress_results); these are only the live log.
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

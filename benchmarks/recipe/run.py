@@ -160,7 +160,7 @@ def row_config(row: str, args, out: Path) -> Any:
 def train_row(row: str, args, out: Path, dev) -> cc.Compressor:
     trainer = Trainer(row_config(row, args, out))
     if ROWS[row]["options"].get("sink_tokens"):
-        prefix = trainer.compressor.prefix_ids()
+        prefix = trainer.compressor.context_prefix_ids()
         assert len(prefix) == SINK, f"the context prefix is {len(prefix)} tokens, not {SINK}"
     train_with_dev_curve(trainer, row, dev, out, args.curve_every, tag="recipe")
     times = load_json(out / "train_seconds.json", {})
