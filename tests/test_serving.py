@@ -30,7 +30,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
+import hypothesis  # noqa: E402
 import uvicorn  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import ctxcompress as cc  # noqa: E402
@@ -638,6 +640,35 @@ def test_text_stream_deltas_join_to_the_final_answer(ref, text, stops):
     deltas = [stream.push(t) for t in ids]
     deltas.append(stream.finish(final))
     assert "".join(deltas) == final
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(
+    text=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60),
+    stop_at=st.integers(0, 60),
+    stop_len=st.integers(0, 4),
+)
+def test_incremental_text_stream_joins_to_the_final_answer_for_any_text(
+    ref, text, stop_at, stop_len
+):
+    """Property: whatever the text (accents, emoji, CJK, whitespace), the incremental deltas
+    join to the final answer, and each token decodes a short window, not the whole answer."""
+    stops = [text[stop_at : stop_at + stop_len]] if stop_len else []
+    ids = ref.tokenizer(text, add_special_tokens=False).input_ids
+    decoded = ref.tokenizer.decode(ids, skip_special_tokens=True)
+    cuts = [i for i in (decoded.find(s) for s in stops if s) if i >= 0]
+    final = (decoded[: min(cuts)] if cuts else decoded).strip()
+    widths = []
+
+    def decode(window):
+        widths.append(len(window))
+        return ref.tokenizer.decode(window, skip_special_tokens=True)
+
+    stream = TextStream(decode, stops)
+    deltas = [stream.push(t) for t in ids]
+    deltas.append(stream.finish(final))
+    assert "".join(deltas) == final
+    assert max(widths, default=0) <= 8  # a window of a few ids (an incomplete character)
 
 
 def test_service_and_generate_agree_on_the_position_limit(tmp_path):
