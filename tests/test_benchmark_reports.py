@@ -358,3 +358,35 @@ def test_dev_curves_of_the_benchmarks_resume_without_duplicate_points(qa_file, t
     points = json.loads((tmp_path / "curves.json").read_text())["sac"]
     assert [p["step"] for p in points] == [2, 4]
     assert points[0]["train_seconds"] < points[1]["train_seconds"]
+
+
+def test_benchmark_configs_build_a_valid_training_config_for_every_row(monkeypatch, tmp_path):
+    """configs/benchmarks/{fair,recipe}.yaml are the one source of those benchmarks' systems:
+    every system (every setting and stage) and every row parses into a TrainConfig, and the
+    run orders name exactly the systems defined."""
+    from types import SimpleNamespace
+
+    import ctxcompress.training.config as training_config
+
+    monkeypatch.setattr(training_config, "check_teacher_spec", lambda spec: None)  # untrained
+    fair = load_script("benchmarks/fair/run.py")
+    args = SimpleNamespace(stage1_steps=100, stage2_steps=200, curve_every=50)
+    for setting in fair.SETTINGS:
+        for system in fair.SYSTEMS:
+            for stage in (1, 2):
+                cfg = fair.stage_config(system, setting, stage, args, tmp_path)
+                assert cfg.method_options["ratio"] == fair.SETTINGS[setting]["ratio"]
+                assert (cfg.distill.weight > 0) == (
+                    stage == 2 and "distill" in fair.SYSTEMS[system]
+                )
+    assert set(fair.RUN_ORDER) == {*fair.SYSTEMS, *fair.ZERO_SHOT}
+    recipe = load_script("benchmarks/recipe/run.py")
+    rows = {
+        row: recipe.row_config(row, SimpleNamespace(steps=150, curve_every=25), tmp_path)
+        for row in recipe.ROWS
+    }
+    assert set(recipe.RUN_ORDER) == set(rows) and len(rows) == 20
+    assert rows["sac/all"].method_options["sink_tokens"] == recipe.SINK
+    assert rows["sac/all"].train.embedding_lr_scale == 10.0
+    assert rows["sac/today"].train.embedding_lr_scale == 1.0
+    assert rows["sac/distill_frozen"].distill.teacher == "full_context"

@@ -6,7 +6,8 @@ On SmolLM2-135M-Instruct and the shared NQ-open oracle data, at two settings:
 * ``r16``: ratio 16 on 5-passage contexts (~620 tokens: the gold passage among 4 distractors,
   at a position drawn per item, recorded in every prediction and tabulated).
 
-Systems (all trained with the same data, steps, batch and optimiser):
+Systems (all trained with the same data, steps, batch and optimiser; settings, systems, loop
+settings and run order are defined in ``configs/benchmarks/fair.yaml``):
 
 * the compressors SAC, PIC, ICAE, 500x, EPL (LoRA rank 32 on q/v, as ``configs/smollm2``);
 * ``trained_truncation``: the head of the context cut to the same number of entries as the
@@ -75,89 +76,20 @@ from _common import (  # noqa: E402
 from _common import command_line as _command_line  # noqa: E402
 from _common import plot_curves as _plot_curves  # noqa: E402
 
-TEMPLATE = ROOT / "configs" / "smollm2" / "sac-nq-r4.yaml"  # loop settings shared by all
-
-SETTINGS: dict[str, dict[str, Any]] = {
-    "r4": {"ratio": 4, "data_options": {}, "window": 256},
-    "r16": {"ratio": 16, "data_options": {"num_distractors": 4}, "window": 640},
-}
-LORA = {"lora_rank": 32, "lora_alpha": 64}
-PROMPT = {"lora_rank": 0, "prompt_vectors": 8}
-SYSTEMS: dict[str, dict[str, Any]] = {
-    "sac": {"method": "sac", "options": LORA, "autoencoding": False},
-    "pic": {"method": "pic", "options": LORA, "autoencoding": True},
-    "icae": {"method": "icae", "options": LORA, "autoencoding": True},
-    "500x": {"method": "500x", "options": LORA, "autoencoding": True},
-    "epl": {"method": "epl", "options": LORA, "autoencoding": True},
-    "trained_truncation": {
-        "method": "prompt_tuned",
-        "options": {**LORA, "context": "truncation", "prompt_vectors": 0, "prefix_in_budget": True},
-        "autoencoding": False,
-    },
-    "trained_full": {
-        "method": "prompt_tuned",
-        "options": {**LORA, "context": "full", "prompt_vectors": 0},
-        "autoencoding": False,
-    },
-    "pt_full": {"method": "prompt_tuned", "options": {**PROMPT, "context": "full"}},
-    "pt_truncation": {
-        "method": "prompt_tuned",
-        "options": {**PROMPT, "context": "truncation", "prefix_in_budget": True},
-    },
-    "pt_none": {"method": "prompt_tuned", "options": {**PROMPT, "context": "none"}},
-}
-# The small-budget recipe of the "compressors that learn" issue (docs/training.md, its
-# ablation in benchmarks/recipe/run.py): the attention sink (BOS + "### Context:\n", inside
-# the budget), learned vectors at token scale with 10x the lr, distillation in stage 2 from
-# this setting's trained_full, and no autoencoding in stage 1 (the SAC paper's ablation: AE
-# hurts at small budgets). Same data, steps and batches as the rows above.
-RECIPE_OPTIONS = {"sink_tokens": 5, "embedding_init": "table"}
-RECIPE_TRAIN = {"embedding_lr_scale": 10.0}
-TEACHER = "trained_full"
-COMPRESSORS = ("sac", "pic", "icae", "500x", "epl")
-for _m in COMPRESSORS:
-    SYSTEMS[f"{_m}_recipe"] = {
-        "method": SYSTEMS[_m]["method"],
-        "options": {**LORA, **RECIPE_OPTIONS},
-        "autoencoding": False,
-        "train": RECIPE_TRAIN,
-        "distill": TEACHER,
-    }
-ZERO_SHOT = ("zs_full_context", "zs_truncation")
-DESCRIPTION = {
-    "r4": "ratio 4 on single gold passages (~150 tokens)",
-    "r16": "ratio 16 on 5-passage contexts (gold among 4 distractors, ~620 tokens)",
-}
-# The order the runs are made in: the upper bound and the strongest baseline first, so a
-# partial run already answers the main question (compressed rows vs. those two).
-RUN_ORDER = (
-    "pt_full",
-    "trained_truncation",
-    "trained_full",
-    "sac",
-    "pic",
-    "epl",
-    "500x",
-    "icae",
-    "pt_truncation",
-    "pt_none",
-    *ZERO_SHOT,
-    *(f"{m}_recipe" for m in COMPRESSORS),
-)
-# The rows every system is compared against, item by item, in the report: the baseline to
-# beat (trained truncation) and the issue's prompt-tuned upper bound.
-DIFFERENCE_REFERENCES = ("trained_truncation", "pt_full")
-STAGE1_TEXTS = (
-    {"source": "aclsum:train", "options": {"source": "fulltext"}},
-    {"source": "nq-oracle:train", "options": {"context": "long_answer"}},
-)
+SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "fair.yaml").read_text())
+SETTINGS: dict[str, dict[str, Any]] = SPEC["settings"]
+SYSTEMS: dict[str, dict[str, Any]] = SPEC["systems"]
+ZERO_SHOT = tuple(SPEC["zero_shot"])
+DESCRIPTION = {name: s["description"] for name, s in SETTINGS.items()}
+RUN_ORDER = tuple(SPEC["run_order"])
+DIFFERENCE_REFERENCES = tuple(SPEC["difference_references"])
+STAGE1_TEXTS = tuple(SPEC["stage1_texts"])
 
 
 # ----------------------------------------------------------------------------- configs
 def stage_config(system: str, setting: str, stage: int, args, out: Path) -> Any:
-    """The training config of one stage of one system (loop settings from TEMPLATE)."""
+    """The training config of one stage of one system (configs/benchmarks/fair.yaml)."""
     spec, info = SETTINGS[setting], SYSTEMS[system]
-    template = yaml.safe_load(TEMPLATE.read_text())
     ae = bool(info.get("autoencoding"))
     options = {**info["options"], "ratio": spec["ratio"]}
     if ae:
@@ -171,15 +103,10 @@ def stage_config(system: str, setting: str, stage: int, args, out: Path) -> Any:
         data = [{"source": "nq-oracle:train", "objective": "qa", "options": spec["data_options"]}]
         steps = args.stage2_steps
     loop = {
-        **template["train"],
-        # The learned-vector lr is a lever of the systems (the config ships the recipe's 10x).
-        "embedding_lr_scale": 1.0,
+        **SPEC["loop"],
         "steps": steps,
         "save_every": args.curve_every,
-        "log_every": 5,
-        "continuation_min_tokens": 32,
         "continuation_max_tokens": spec["window"],
-        "document_windows": True,
         **info.get("train", {}),
     }
     config = {

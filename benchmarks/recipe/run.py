@@ -22,6 +22,7 @@ also the distillation teacher, trained first), ``trained_truncation`` (the head 
 passage cut to the compressors' budget: the baseline to beat) and ``pt_none`` (no context,
 8 prompt vectors + ``[LM]`` trained: the floor).
 
+Rows, levers, loop settings and run order are defined in ``configs/benchmarks/recipe.yaml``.
 Everything is checkpointed under ``--out``; rerun the same command to resume (finished rows,
 curve points and evaluations are reused). Rows run in ``RUN_ORDER`` (the references and the
 ``today``/``all`` pair of every method first, so a partial run already answers the main
@@ -66,63 +67,31 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-TEMPLATE = ROOT / "configs" / "smollm2" / "sac-nq-r4.yaml"  # loop settings (batch 4, lr 2e-4)
-RATIO = 4
-SINK = 5  # BOS + "### Context:\n" on SmolLM2 (checked at run time)
-LORA = {"lora_rank": 32, "lora_alpha": 64}
-METHODS = ("sac", "pic", "icae")
-TEACHER = "trained_full"
+SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "recipe.yaml").read_text())
+RATIO = SPEC["ratio"]
+SINK = SPEC["sink_tokens"]
+METHODS = tuple(SPEC["methods"])
+TEACHER = SPEC["levers"]["distill"]["distill"]
 
 
-def _variant(
-    sink: bool = False, init: bool = False, distill: str | None = None, **extra: Any
-) -> dict[str, Any]:
-    options: dict[str, Any] = dict(extra)
-    train: dict[str, Any] = {}
-    if sink:
-        options["sink_tokens"] = SINK
-    if init:
-        options["embedding_init"] = "table"
-        train["embedding_lr_scale"] = 10.0
-    return {"options": options, "train": train, "distill": distill}
+def _row(method: str, levers: list[str] = (), options=None, distill: str | None = None) -> dict:
+    """A row: its method, its options (the levers', then its own), train overrides, teacher."""
+    row: dict[str, Any] = {"method": method, "options": {}, "train": {}, "distill": distill}
+    for name in levers:
+        lever = SPEC["levers"][name]
+        row["options"].update(lever.get("options", {}))
+        row["train"].update(lever.get("train", {}))
+        row["distill"] = lever.get("distill", row["distill"])
+    row["options"].update(options or {})
+    return row
 
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "today": _variant(),
-    "sink": _variant(sink=True),
-    "init": _variant(init=True),
-    "distill": _variant(distill=TEACHER),
-    "all": _variant(sink=True, init=True, distill=TEACHER),
-}
 ROWS: dict[str, dict[str, Any]] = {
-    TEACHER: {
-        "method": "prompt_tuned",
-        **_variant(context="full", prompt_vectors=0),
-    },
-    "trained_truncation": {
-        "method": "prompt_tuned",
-        **_variant(context="truncation", prompt_vectors=0, prefix_in_budget=True),
-    },
-    "pt_none": {  # the no-context floor at this budget (as the fair benchmark's pt_none)
-        "method": "prompt_tuned",
-        **_variant(context="none", prompt_vectors=8, lora_rank=0),
-    },
-    **{f"{m}/{v}": {"method": m, **spec} for m in METHODS for v, spec in VARIANTS.items()},
-    "sac/all_shared": {
-        "method": "sac",
-        **_variant(sink=True, init=True, distill=TEACHER, anchor_embedding="shared"),
-    },
-    "sac/distill_frozen": {"method": "sac", **_variant(distill="full_context")},
+    **{name: _row(**spec) for name, spec in SPEC["references"].items()},
+    **{f"{m}/{v}": _row(m, levers) for m in METHODS for v, levers in SPEC["variants"].items()},
+    **{name: _row(**spec) for name, spec in SPEC["extra_rows"].items()},
 }
-RUN_ORDER = (
-    TEACHER,
-    "trained_truncation",
-    "pt_none",
-    *(f"{m}/{v}" for m in METHODS for v in ("today", "all")),
-    *(f"{m}/{v}" for m in METHODS for v in ("sink", "init", "distill")),
-    "sac/all_shared",
-    "sac/distill_frozen",
-)
+RUN_ORDER = tuple(SPEC["run_order"])
 assert set(RUN_ORDER) == set(ROWS)
 
 
@@ -132,19 +101,15 @@ def file_name(row: str) -> str:
 
 def row_config(row: str, args, out: Path) -> Any:
     spec = ROWS[row]
-    template = yaml.safe_load(TEMPLATE.read_text())
     config: dict[str, Any] = {
         "method": spec["method"],
         "base_model": "embedded",
-        "method_options": {**LORA, "ratio": RATIO, **spec["options"]},
-        "data": [{"source": "nq-oracle:train", "objective": "qa"}],
+        "method_options": {**SPEC["options"], "ratio": RATIO, **spec["options"]},
+        "data": [dict(d) for d in SPEC["data"]],
         "train": {
-            **template["train"],
-            # The learned-vector lr is a lever of the rows (the config ships the recipe's 10x).
-            "embedding_lr_scale": 1.0,
+            **SPEC["loop"],
             "steps": args.steps,
             "save_every": args.curve_every,
-            "log_every": 5,
             **spec["train"],
         },
         "output_dir": str(out / "train" / file_name(row)),
