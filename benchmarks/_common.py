@@ -35,6 +35,15 @@ def add_seconds(path: Path, key: str, seconds: float) -> None:
     write_json(path, data)
 
 
+def smollm2_config(method: str) -> Path:
+    """``configs/smollm2/<name>-nq-r4.yaml`` of a method: the files are named after the
+    method's module (``500x`` lives in ``methods/xc500.py``, hence ``xc500-nq-r4.yaml``)."""
+    from ctxcompress.methods import METHODS, canonical_method
+
+    module = METHODS[canonical_method(method)].__module__.rsplit(".", 1)[1]
+    return Path(__file__).resolve().parents[1] / "configs" / "smollm2" / f"{module}-nq-r4.yaml"
+
+
 def train_with_dev_curve(
     trainer: Trainer,
     name: str,

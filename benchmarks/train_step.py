@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from ctxcompress.methods import TRAINABLE_METHODS
 from ctxcompress.models import load_base_model
 from ctxcompress.training import Trainer, load_config
 
-FOLDER = {"500x": "xc500"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import smollm2_config
 
 
 def main() -> None:
@@ -57,11 +59,10 @@ def main() -> None:
         if not name or not overrides or name in variants:
             parser.error(f"--variant {spec!r}: expected a new NAME:KEY=VALUE[;KEY=VALUE...]")
         variants[name] = overrides.split(";")
-    root = Path(__file__).resolve().parents[1]
     rows = []
     for method in args.methods.split(","):
         for variant, overrides in variants.items():
-            rows.append(time_method(root, method, variant, [*args.set, *overrides], args.steps))
+            rows.append(time_method(method, variant, [*args.set, *overrides], args.steps))
             plain = next(r for r in rows if r["method"] == method and r["variant"] == "plain")
             rows[-1]["ratio_to_plain"] = rows[-1]["s_per_step"] / plain["s_per_step"]
             print(f"{method} {variant}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
@@ -86,9 +87,9 @@ def main() -> None:
         args.out.write_text(json.dumps({"rows": rows, "machine": machine}, indent=2) + "\n")
 
 
-def time_method(root: Path, method: str, variant: str, overrides: list[str], steps: int) -> dict:
+def time_method(method: str, variant: str, overrides: list[str], steps: int) -> dict:
     """Median seconds per step of one method under ``overrides`` (first step: warm-up)."""
-    config_path = root / "configs" / "smollm2" / f"{FOLDER.get(method, method)}-nq-r4.yaml"
+    config_path = smollm2_config(method)
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             config_path,

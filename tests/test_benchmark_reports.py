@@ -390,3 +390,18 @@ def test_benchmark_configs_build_a_valid_training_config_for_every_row(monkeypat
     assert rows["sac/all"].train.embedding_lr_scale == 10.0
     assert rows["sac/today"].train.embedding_lr_scale == 1.0
     assert rows["sac/distill_frozen"].distill.teacher == "full_context"
+
+
+def test_quality_and_standard_benchmark_configs_name_what_exists():
+    """configs/benchmarks/{quality,standard}.yaml: every trained method has its SmolLM2 config
+    (found through benchmarks/_common.smollm2_config) and every setting has a ratio and data."""
+    from ctxcompress.training import load_config
+
+    quality = load_script("benchmarks/quality/run.py")
+    common = load_script("benchmarks/_common.py")
+    for method in quality.TRAINED:
+        assert load_config(common.smollm2_config(method), []).method in (method, "500x")
+    assert all({"ratio", "steps", "data_options"} <= set(s) for s in quality.SETTINGS.values())
+    standard = load_script("benchmarks/standard/run.py")
+    assert all({"ratio", "data", "limit"} <= set(s) for s in standard.SETTINGS.values())
+    assert standard.OURS and standard.PRESSES

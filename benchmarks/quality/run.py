@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import ctxcompress as cc
 from ctxcompress.data import load_qa
@@ -42,25 +43,21 @@ from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import add_seconds
+from _common import add_seconds, smollm2_config
 from _common import command_line as _command_line
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDER = {"500x": "xc500"}
-SETTINGS = {
-    "r4": {"ratio": 4, "data_options": {}, "steps": 200},
-    "r16": {"ratio": 16, "data_options": {"num_distractors": 4}, "steps": 50},
-}
-# The compressors this benchmark trains (each has a ``configs/smollm2/<method>-nq-r4.yaml``);
-# prompt tuning, also trainable, is a baseline of the fair benchmark, not of this one.
-TRAINED = ("sac", "pic", "icae", "500x", "epl")
-HARD = ("truncation", "full_context", "no_context")
+SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "quality.yaml").read_text())
+SETTINGS: dict[str, dict] = SPEC["settings"]
+# Prompt tuning, also trainable, is a baseline of the fair benchmark, not of this one.
+TRAINED = tuple(SPEC["trained"])
+HARD = tuple(SPEC["hard"])
 
 
 def train_method(method: str, setting: str, args, out: Path) -> cc.Compressor:
     spec = SETTINGS[setting]
     config = load_config(
-        ROOT / "configs" / "smollm2" / f"{FOLDER.get(method, method)}-nq-r4.yaml",
+        smollm2_config(method),
         [
             f"output_dir={out / 'train' / method}",
             f"train.steps={args.steps or spec['steps']}",

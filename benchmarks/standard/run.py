@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 import ctxcompress as cc
 from ctxcompress.data import load_qa
@@ -63,16 +64,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import add_seconds, load_json, write_json  # noqa: E402
 from _common import command_line as _command_line  # noqa: E402
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    "squad_r4": {"data": "squad:test", "ratio": 4, "limit": 100, "seed": 0},
-    "hotpotqa_r16": {"data": "hotpotqa:test", "ratio": 16, "limit": 100, "seed": 0},
-    "ruler_qa_2k_r16": {"data": "ruler:qa_squad:2k", "ratio": 16, "limit": 50},
-    "ruler_qa_4k_r16": {"data": "ruler:qa_squad:4k", "ratio": 16, "limit": 50},
-    "ruler_niah_2k_r16": {"data": "ruler:niah_single:2k", "ratio": 16, "limit": 50},
-    "ruler_niah_4k_r16": {"data": "ruler:niah_single:4k", "ratio": 16, "limit": 50},
-}
-OURS = ("full_context", "no_context", "truncation@4x", "truncation@16x")
-PRESSES = ("kvzip", "expected_attention", "snapkv", "streaming_llm")
+SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "standard.yaml").read_text())
+SETTINGS: dict[str, dict[str, Any]] = SPEC["settings"]
+OURS = tuple(SPEC["ours"])
+PRESSES = tuple(SPEC["presses"])
 KVPRESS_PYTHON = ROOT / ".venv-kvpress" / "bin" / "python"
 KVPRESS_SCRIPT = ROOT / "benchmarks" / "peers" / "kvpress_run.py"
 
