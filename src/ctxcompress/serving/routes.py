@@ -23,7 +23,14 @@ from ..errors import (
 from ..version import __version__
 from .api_errors import APIError, from_library_error
 from .batcher import Answer, QueueFullError
-from .schemas import AnswersRequest, ChatMessage, ChatRequest, ContextsRequest
+from .schemas import (
+    COMMON_ERRORS,
+    AnswersRequest,
+    ChatMessage,
+    ChatRequest,
+    ContextsRequest,
+    ErrorBody,
+)
 from .service import Service
 from .store import context_id as make_context_id
 from .store import is_valid_id
@@ -36,10 +43,14 @@ def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
-router = APIRouter()
+router = APIRouter(responses=COMMON_ERRORS)
+_conflict = {
+    "model": ErrorBody,
+    "description": "The context was made by another compressor or base model.",
+}
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {"description": "The model worker is not running."}})
 async def healthz(service: ServiceDep) -> JSONResponse:
     ok = service.batcher.running
     return JSONResponse(
@@ -54,7 +65,11 @@ async def healthz(service: ServiceDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def metrics(service: ServiceDep) -> PlainTextResponse:
     body = await run_in_threadpool(service.metrics.render)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
@@ -68,7 +83,11 @@ async def models(service: ServiceDep) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/contexts")
+@router.post(
+    "/v1/contexts",
+    status_code=201,
+    responses={200: {"description": "Every document was stored already (nothing created)."}},
+)
 async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONResponse:
     if (body.text is None) == (body.documents is None):
         raise APIError(422, "invalid_request", "give either 'text' or 'documents' (a list)")
@@ -135,7 +154,7 @@ async def list_contexts(
     }
 
 
-@router.get("/v1/contexts/{context_id}")
+@router.get("/v1/contexts/{context_id}", responses={409: _conflict})
 async def get_context(context_id: str, service: ServiceDep) -> dict[str, Any]:
     if not is_valid_id(context_id):
         raise APIError(404, "not_found", f"no context with id {context_id!r}")
@@ -155,7 +174,7 @@ async def delete_context(context_id: str, service: ServiceDep) -> dict[str, Any]
     return {"id": context_id, "deleted": True}
 
 
-@router.post("/v1/contexts/{context_id}/answers")
+@router.post("/v1/contexts/{context_id}/answers", responses={409: _conflict})
 async def answers(context_id: str, body: AnswersRequest, service: ServiceDep) -> dict[str, Any]:
     if (body.question is None) == (body.questions is None):
         raise APIError(422, "invalid_request", "give either 'question' or 'questions'")
@@ -184,7 +203,17 @@ async def answers(context_id: str, body: AnswersRequest, service: ServiceDep) ->
     }
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "content": {"application/json": {}, "text/event-stream": {}},
+            "description": "A chat completion, or with stream=true its server-sent events.",
+        },
+        409: _conflict,
+    },
+)
 async def chat_completions(body: ChatRequest, service: ServiceDep) -> Any:
     if not body.context_id:
         raise APIError(

@@ -64,3 +64,34 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = 1
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="A machine-readable kind, e.g. context_too_long.")
+    message: str = Field(description="What was wrong and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """Every error the service returns: ``{"error": {"type": ..., "message": ...}}``."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is not valid JSON."),
+    401: _error("A token is configured and the request lacks it (every path but /healthz)."),
+    404: _error("No such context or endpoint."),
+    405: _error("The method is not allowed on this path."),
+    413: _error("The body, a document, a question or context + answer is too long."),
+    422: _error("The request is well-formed JSON but invalid (a field, a limit)."),
+    500: _error("An internal error (a bug): the message names the exception type."),
+    503: _error("Overloaded (queue full: retry after Retry-After seconds) or shutting down."),
+}
+"""The error responses every endpoint may give, documented in the OpenAPI schema."""
