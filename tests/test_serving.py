@@ -629,6 +629,7 @@ def test_on_token_reports_every_token_and_changes_nothing(ref, ref_contexts):
         ("The answer is here\n### Question: more", ["\n###"]),
         ("abc de\nfgh", ["de\n"]),
         ("Réponse: café été ok", ["zz"]),
+        ("\r00", ["\r00"]),  # found by hypothesis: a stop that starts with whitespace
     ],
 )
 def test_text_stream_deltas_join_to_the_final_answer(ref, text, stops):

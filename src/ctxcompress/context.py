@@ -98,6 +98,14 @@ class CompressedContext:
             raise CorruptFileError(
                 f"Unknown context kind {self.kind!r}; expected 'kv' or 'embeds'."
             )
+        for name in ("keys", "values", "embeds"):
+            tensor = getattr(self, name)
+            if tensor is not None and not tensor.is_floating_point():
+                raise CorruptFileError(f"{name} must be floating point, got {tensor.dtype}.")
+        if self.positions is not None and (
+            self.positions.is_floating_point() or self.positions.dtype == torch.bool
+        ):
+            raise CorruptFileError(f"positions must be integers, got {self.positions.dtype}.")
         if self.positions is not None and self.positions.shape != (self.compressed_length,):
             raise CorruptFileError("positions must have one entry per compressed entry.")
         if self.original_length < 1:
@@ -229,6 +237,24 @@ class CompressedContext:
                 f"{path} is not a readable ctxcompress context (truncated, corrupted or not "
                 f"written by CompressedContext.save): {exc}"
             ) from exc
+        expected = {
+            "format_version": int,
+            "kind": str,
+            "method": str,
+            "base_model": str,
+            "compressor": str,
+            "original_length": int,
+            "compressed_length": int,
+        }
+        wrong = [] if isinstance(header, dict) else ["the header is not a JSON object"]
+        for key, kind in expected.items():
+            value = header.get(key) if isinstance(header, dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                wrong.append(f"{key} is not {'an integer' if kind is int else 'a string'}")
+        if isinstance(header, dict) and not isinstance(header.get("meta", {}), dict):
+            wrong.append("meta is not an object")
+        if wrong:
+            raise CorruptFileError(f"{path} has a damaged header: {'; '.join(wrong)}.")
         try:
             if header["format_version"] > FORMAT_VERSION:
                 raise CorruptFileError(

@@ -174,11 +174,27 @@ def read_header(directory: Path) -> dict[str, Any]:
             "comp.save_pretrained(...)."
         )
     try:
-        header = json.loads(path.read_text())
-        for key in ("method", "config", "base_model"):
-            header[key]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CorruptFileError(f"{path} is corrupt: {exc}") from exc
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is corrupt (not UTF-8 JSON): {exc}") from exc
+    base = header.get("base_model") if isinstance(header, dict) else None
+    problems = [
+        not isinstance(header, dict) and "it is not a JSON object",
+        isinstance(header, dict) and not isinstance(header.get("method"), str) and "no method",
+        isinstance(header, dict) and not isinstance(header.get("config"), dict) and "no config",
+        not (
+            isinstance(base, dict)
+            and isinstance(base.get("source"), str)
+            and isinstance(base.get("fingerprint"), str)
+        )
+        and "no base_model source and fingerprint",
+        isinstance(header, dict)
+        and not isinstance(header.get("format_version", 1), int)
+        and "a format_version that is not an integer",
+    ]
+    if any(problems):
+        reasons = "; ".join(p for p in problems if p)
+        raise CorruptFileError(f"{path} is corrupt: {reasons}. Save the compressor again.")
     if header.get("format_version", 1) > FORMAT_VERSION:
         raise ModelLoadError(f"{directory} was saved by a newer ctxcompress; upgrade to load it.")
     return header

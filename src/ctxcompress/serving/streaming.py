@@ -38,16 +38,17 @@ class TextStream:
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if hits:
             return text[: min(hits)].strip()
-        text = text.strip()
         while text.endswith("\ufffd"):
             text = text[:-1]
+        # Hold back a possible beginning of a stop string on the raw text: a stop may start
+        # with whitespace that stripping would hide ("\r00" with the stop "\r00").
         hold = 0
         for s in self.stops:
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):
                     hold = max(hold, k)
                     break
-        return text[: len(text) - hold].rstrip()
+        return text[: len(text) - hold].strip()
 
     def push(self, token: int) -> str:
         self.ids.append(token)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +191,21 @@ def _build(cls, data: Any, where: str):
             kwargs["distill"] = _build(DistillConfig, kwargs["distill"] or {}, "distill")
         if "data" in kwargs:
             sources = kwargs["data"] or []
+            if not isinstance(sources, list):
+                raise InvalidInputError(
+                    f"{where}.data: expected a list of data sources, got {sources!r:.60}"
+                )
             kwargs["data"] = [_build(DataSource, d, f"data[{i}]") for i, d in enumerate(sources)]
+    hints = typing.get_type_hints(cls)
+    for name, value in list(kwargs.items()):
+        if isinstance(value, str) and _matches(0.0, hints[name]) and not _matches("", hints[name]):
+            # YAML 1.1 reads 5e-5 (no dot) as a string: take it as the number it spells.
+            with contextlib.suppress(ValueError):
+                kwargs[name] = value = float(value)
+        if not _matches(value, hints[name]):
+            raise InvalidInputError(
+                f"{where}.{name}: expected {_type_name(hints[name])}, got {value!r:.60}"
+            )
     if cls is LoopConfig and "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     try:
@@ -197,8 +214,48 @@ def _build(cls, data: Any, where: str):
         raise InvalidInputError(f"{where}: {exc}") from exc
 
 
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML fits a config field's type (ints count as floats;
+    nested configs are checked when they are built)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if (
+        hint is Any
+        or dataclasses.is_dataclass(hint)
+        or (origin is list and args and dataclasses.is_dataclass(args[0]))
+    ):
+        return True
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(args)
+            and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        )
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is list:
+        return isinstance(value, list)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
 def parse_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
     """A validated :class:`TrainConfig` from a mapping plus ``key.sub=value`` overrides."""
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"a training config is a mapping (method:, data:, train:, ...), got "
+            f"{type(data).__name__}; see configs/ for examples"
+        )
     data = dict(data)
     for item in overrides or []:
         if "=" not in item:
@@ -222,7 +279,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise InvalidInputError(f"no config file at {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{path} is not valid YAML: {exc}") from exc
     return parse_config(data, overrides)
