@@ -16,17 +16,12 @@ bounded version of it on the tiny model in ``make test``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -35,6 +30,7 @@ from schemathesis.checks import positive_data_acceptance
 
 import ctxcompress as cc
 from ctxcompress.serving.app import create_app
+from ctxcompress.serving.background import serve_in_thread
 from ctxcompress.serving.schemas import ServeLimits
 
 DOCS = [
@@ -54,27 +50,6 @@ class FuzzReport:
     healthy_after: bool = False
 
 
-@contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    """``app`` under uvicorn on a free loopback port in a thread; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 def fuzz(compressor: cc.Compressor, *, examples: int, token: str | None) -> FuzzReport:
     """Fuzz a fresh service on ``compressor``; returns a :class:`FuzzReport`."""
     report = FuzzReport()
@@ -83,7 +58,7 @@ def fuzz(compressor: cc.Compressor, *, examples: int, token: str | None) -> Fuzz
     with tempfile.TemporaryDirectory() as store:
         app = create_app(compressor, store, token=token, limits=limits)
         schema = schemathesis.openapi.from_dict(app.openapi())
-        with serving(app) as url:
+        with serve_in_thread(app) as url:
             stored = httpx.post(f"{url}/v1/contexts", json={"documents": DOCS}, headers=headers)
             ids = [c["id"] for c in stored.json()["contexts"]]
             for result in schema.get_all_operations():

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +30,6 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 import hypothesis  # noqa: E402
-import uvicorn  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -40,6 +38,7 @@ from ctxcompress.cli import app as cli_app  # noqa: E402
 from ctxcompress.generation import greedy_generate  # noqa: E402
 from ctxcompress.serving import ContextStore, id_for  # noqa: E402
 from ctxcompress.serving.app import create_app  # noqa: E402
+from ctxcompress.serving.background import serve_in_thread  # noqa: E402
 from ctxcompress.serving.schemas import ServeLimits  # noqa: E402
 from ctxcompress.serving.streaming import TextStream  # noqa: E402
 
@@ -67,22 +66,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def live(app) -> Iterator[str]:
+def live(app):
     """Run ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return serve_in_thread(app)
 
 
 def assert_json_error(response, status: int, kind: str | None = None) -> dict:
