@@ -706,3 +706,21 @@ def test_an_oversize_body_gets_its_413_through_pythons_standard_client(served):
     response = conn.getresponse()
     assert response.status == 413
     conn.close()
+
+
+def test_the_token_guards_every_path_but_healthz(tmp_path):
+    """Issue 21: with a token, every route of the app — the API, /metrics, the OpenAPI
+    schema and its docs pages — answers 401 without it; /healthz stays open."""
+    app = create_app(build(), tmp_path / "store", token=TOKEN)
+    routes = {*app.openapi()["paths"], *(r.path for r in app.routes if hasattr(r, "path"))}
+    paths = {path.replace("{context_id}", "x" * 8) for path in routes}
+    assert {"/metrics", "/openapi.json", "/docs", "/v1/contexts"} <= paths
+    with live(app) as url:
+        for path in sorted(paths):
+            response = httpx.get(f"{url}{path}")
+            if path == "/healthz":
+                assert response.status_code == 200
+            else:
+                assert_json_error(response, 401, "unauthorized")
+                wrong = httpx.get(f"{url}{path}", headers={"Authorization": "Bearer nope"})
+                assert wrong.status_code == 401
