@@ -99,9 +99,10 @@ class AnsweringMixin:
         limit = self.max_positions
         prompt_ids = []
         for i, (c, q) in enumerate(zip(contexts, qs, strict=True)):
-            if isinstance(q, str) and not q.strip():
-                raise InvalidInputError(f"a question is empty (question {i})")
-            ids = self.question_ids(q)
+            try:
+                ids = self.question_ids(q)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"question {i}: {exc}") from None
             if max_question_tokens is not None and len(ids) > max_question_tokens:
                 raise PromptTooLongError(
                     f"question {i} has {len(ids)} tokens; the limit is {max_question_tokens}"

@@ -8,8 +8,8 @@ bounded queue; the worker takes the first job, then keeps draining the queue unt
 ``max_new_tokens`` and stop strings with **one** ``Compressor.answer`` call on their joined
 plans (one context per question; a context shared by several questions is expanded, not
 copied). Questions arrive already planned (tokenized and checked by ``Compressor.plan`` on
-the request thread), so the worker only decodes. Compression jobs
-drained together become one ``Compressor.compress`` call. When the queue is full,
+the request thread), so the worker only decodes. Compression jobs drained together become
+one ``Compressor.compress_ids`` call (documents arrive tokenized). When the queue is full,
 :meth:`Batcher.submit` raises :class:`QueueFullError` at once (the service answers 503 with
 ``Retry-After``) instead of letting latency grow without bound.
 
@@ -78,7 +78,7 @@ class AnswerJob:
 
 @dataclass
 class CompressJob:
-    texts: list[str]
+    token_ids: list[list[int]]
     future: Future = field(default_factory=Future)
 
     @property
@@ -122,7 +122,7 @@ class Batcher:
         self.busy = 0
         """Jobs the worker is running now."""
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=record)
-        """Sizes of recent answer batches (questions per ``generate`` call)."""
+        """Sizes of recent answer batches (questions per ``answer`` call)."""
         self.on_batch: Callable[[str, int, float], None] | None = None
         """Called after each model call with (kind, size, seconds); used for metrics."""
 
@@ -169,9 +169,10 @@ class Batcher:
             self._cond.notify()
         return [job.future for job in jobs]
 
-    def compress(self, texts: Sequence[str]) -> Future:
-        """Queue documents to compress; the future resolves to a list of contexts."""
-        return self.submit([CompressJob(list(texts))])[0]
+    def compress(self, token_ids: Sequence[Sequence[int]]) -> Future:
+        """Queue tokenized documents (``Compressor.context_ids``, as the request thread
+        checked them) to compress; the future resolves to a list of contexts."""
+        return self.submit([CompressJob([list(ids) for ids in token_ids])])[0]
 
     # ------------------------------------------------------------------ the worker
     def _take(self) -> list[Job]:
@@ -253,10 +254,10 @@ class Batcher:
             job.future.set_result(Answer.of(generation))
 
     def _run_compress(self, jobs: list[CompressJob]) -> None:
-        texts = [t for job in jobs for t in job.texts]
+        rows = [ids for job in jobs for ids in job.token_ids]
         start = time.perf_counter()
         try:
-            contexts = self.compressor.compress(texts)
+            contexts = self.compressor.compress_ids(rows)
         except CtxCompressError as exc:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)
@@ -264,8 +265,8 @@ class Batcher:
             for job in jobs:
                 self._run_compress([job])
             return
-        self._report("compress", len(texts), time.perf_counter() - start)
+        self._report("compress", len(rows), time.perf_counter() - start)
         offset = 0
         for job in jobs:
-            job.future.set_result(contexts[offset : offset + len(job.texts)])
-            offset += len(job.texts)
+            job.future.set_result(contexts[offset : offset + len(job.token_ids)])
+            offset += len(job.token_ids)

@@ -100,10 +100,12 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
             "too_many_documents",
             f"{len(docs)} documents in one request; at most {service.limits.max_documents}",
         )
+    tokenized = []
     for i, doc in enumerate(docs):
         if not doc.strip():
             raise APIError(422, "invalid_request", f"document {i} is empty")
-        n = service.count_context_tokens(doc)
+        tokenized.append(service.document_ids(doc))
+        n = len(tokenized[-1])
         if n > service.max_context_tokens:
             raise APIError(
                 413,
@@ -115,22 +117,22 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
         make_context_id(service.method, service.base_fingerprint, service.fingerprint, d)
         for d in docs
     ]
-    missing: dict[str, str] = {}
-    for cid, doc in zip(ids, docs, strict=True):
+    missing: dict[str, tuple[str, list[int]]] = {}
+    for cid, doc, doc_ids in zip(ids, docs, tokenized, strict=True):
         if cid not in service.store and cid not in missing:
-            missing[cid] = doc
+            missing[cid] = (doc, doc_ids)
     created: set[str] = set()
     entries: dict[str, dict[str, Any]] = {}
     if missing:
         try:
-            future = service.batcher.compress(list(missing.values()))
+            future = service.batcher.compress([doc_ids for _, doc_ids in missing.values()])
         except QueueFullError as exc:
             service.metrics.rejected.inc()
             raise APIError(
                 503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)}
             ) from None
         contexts = (await service.wait([future]))[0]
-        for (cid, doc), ctx in zip(missing.items(), contexts, strict=True):
+        for (cid, (doc, _)), ctx in zip(missing.items(), contexts, strict=True):
             ctx.meta["chars"] = len(doc)
             entries[cid], new = await run_in_threadpool(service.store.put, cid, ctx)
             if new:

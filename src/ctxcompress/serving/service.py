@@ -52,8 +52,10 @@ class Service:
         batcher.on_batch = self.metrics.on_batch
 
     # ------------------------------------------------------------------ validation helpers
-    def count_context_tokens(self, text: str) -> int:
-        return len(self.compressor.context_ids(text))
+    def document_ids(self, text: str) -> list[int]:
+        """A document's token ids, as the compressor reads it (counted against the limit
+        here, then compressed as they are: tokenized once)."""
+        return self.compressor.context_ids(text)
 
     def check_new_tokens(self, value: int | None, name: str) -> int:
         limit = self.limits.max_new_tokens
