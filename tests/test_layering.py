@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ctxcompress"
 PRIMITIVES = (
     "ctxcompress.version",
     "ctxcompress.errors",
+    "ctxcompress.atomic",
     "ctxcompress.normalization",
     "ctxcompress.tiny_models",
     "ctxcompress.models",

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as tensors_to_bytes
 from transformers import DynamicCache, PretrainedConfig
 
+from .atomic import write_bytes_atomic
 from .errors import ContextMismatchError, ContextNotFoundError, CorruptFileError
 
 FORMAT_VERSION = 1
@@ -189,7 +190,8 @@ class CompressedContext:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the context as one safetensors file (atomically: no half-written files)."""
+        """Write the context as one safetensors file (atomically: no half-written files;
+        an ``OSError`` such as ENOSPC leaves the previous file, if any, untouched)."""
         path = Path(path)
         tensors = {
             "keys": self.keys,
@@ -198,16 +200,8 @@ class CompressedContext:
             "positions": self.positions,
         }
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items() if v is not None}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={_META_KEY: json.dumps(self.header())})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        data = tensors_to_bytes(tensors, metadata={_META_KEY: json.dumps(self.header())})
+        return write_bytes_atomic(path, data)  # a full disk raises OSError(ENOSPC), not half a file
 
     @classmethod
     def load(

@@ -6,6 +6,8 @@ Every error raised on bad user input derives from :class:`CtxCompressError` (its
 
 from __future__ import annotations
 
+import errno as errno_codes
+
 
 class CtxCompressError(ValueError):
     """Base class of every user-facing error of ctxcompress."""
@@ -37,3 +39,19 @@ class ContextNotFoundError(CtxCompressError, FileNotFoundError):
 
 class CorruptFileError(CtxCompressError):
     """A ``.ctx`` file or a saved compressor is unreadable or inconsistent."""
+
+
+class StorageError(CtxCompressError, OSError):
+    """The disk refused a write: full (``ENOSPC``), read-only, or another I/O error.
+
+    ``errno`` is the operating system's error number; nothing was half-written (every
+    writer is atomic), so freeing space or making the folder writable and retrying is safe.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in (errno_codes.ENOSPC, errno_codes.EDQUOT, errno_codes.EFBIG)

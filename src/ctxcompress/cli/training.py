@@ -75,12 +75,11 @@ def learning_curve(examples: list, path: Path) -> Callable[[Any], None]:
     """An ``on_eval`` for :meth:`Trainer.run`: EM/F1 on ``examples`` appended to ``path``
     (JSON lines with the step and the training clock), skipping steps already there."""
     from ..evaluation import evaluate
+    from ..training.checkpoint import read_log, trim_log
 
     def record(trainer: Any) -> None:
-        done = set()
-        if path.is_file():
-            done = {json.loads(line)["step"] for line in path.read_text().splitlines() if line}
-        if trainer.step in done:
+        trim_log(path, trainer.step)  # a killed run: torn lines, points to be redone
+        if trainer.step in {point.get("step") for point in read_log(path)}:
             return
         result = evaluate(trainer.compressor, examples, progress=False, label="learning curve")
         point = {

@@ -1,5 +1,6 @@
 """The service's errors: every failure is JSON ``{"error": {"type": ..., "message": ...}}``
-with a status code; library errors map to 4xx."""
+with a status code; library errors map to 4xx, a disk that refuses a write to 507 (full) or
+503 (read-only, I/O error; with Retry-After)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..errors import (
     ContextTooLongError,
     CorruptFileError,
     CtxCompressError,
+    StorageError,
 )
 from .batcher import BatcherStoppedError, QueueFullError
 
@@ -49,6 +51,7 @@ STATUS_TYPES = {
     429: "too_many_requests",
     500: "internal_error",
     503: "overloaded",
+    507: "insufficient_storage",
 }
 
 
@@ -69,6 +72,10 @@ def from_library_error(exc: CtxCompressError) -> APIError:
         return APIError(409, "context_mismatch", str(exc))
     if isinstance(exc, CorruptFileError):
         return APIError(500, "corrupt_context", str(exc))
+    if isinstance(exc, StorageError):  # the disk refused a write; nothing was half-written
+        if exc.disk_full:
+            return APIError(507, "insufficient_storage", str(exc))
+        return APIError(503, "store_unavailable", str(exc), {"Retry-After": "30"})
     return APIError(422, "invalid_input", str(exc))
 
 
@@ -82,7 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CtxCompressError)
     async def _library_error(request: Request, exc: CtxCompressError) -> JSONResponse:
         err = from_library_error(exc)
-        return error_response(err.status, err.kind, err.message)
+        return error_response(err.status, err.kind, err.message, err.headers)
 
     @app.exception_handler(QueueFullError)
     async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:

@@ -20,12 +20,14 @@ queue and wait. Every error is JSON: ``{"error": {"type": ..., "message": ...}}`
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import StorageError
 from ..methods import Compressor
 from ..version import __version__
 from .api_errors import install_error_handlers
@@ -35,6 +37,8 @@ from .routes import router
 from .schemas import ServeLimits
 from .service import Service
 from .store import ContextStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -71,7 +75,10 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(batcher.stop)
-            store.flush()
+            try:
+                store.flush()
+            except StorageError as exc:  # a read-only or full disk: lose access times only
+                log.warning("%s; access times since the last write are lost", exc)
 
     app = FastAPI(
         title="ctxcompress",

@@ -92,6 +92,10 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("The body, a document, a question or context + answer is too long."),
     422: _error("The request is well-formed JSON but invalid (a field, a limit)."),
     500: _error("An internal error (a bug): the message names the exception type."),
-    503: _error("Overloaded (queue full: retry after Retry-After seconds) or shutting down."),
+    503: _error(
+        "Overloaded (queue full), shutting down, or the context store cannot be written "
+        "(read-only, I/O error): retry after Retry-After seconds."
+    ),
+    507: _error("The context store's disk is full: nothing was stored; free space and retry."),
 }
 """The error responses every endpoint may give, documented in the OpenAPI schema."""

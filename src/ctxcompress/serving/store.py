@@ -17,17 +17,22 @@ contexts are evicted; access times are kept in memory and written with the next 
 The store is thread-safe, and an ``fcntl`` lock serialises changes made by several processes
 (a running server and ``ctxcompress store rm``): each change re-reads the index first.
 Nothing is pickled: the index is JSON and the tensors are safetensors.
+
+A disk that refuses a write (full, read-only, I/O error) raises
+:class:`~ctxcompress.errors.StorageError` from the change that needed it and leaves the
+store as it was; reading keeps working (a read-only store serves what it holds, and access
+times that cannot be written are kept in memory and retried).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -35,8 +40,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..context import CompressedContext
-from ..errors import ContextNotFoundError, CorruptFileError, InvalidInputError
+from ..errors import ContextNotFoundError, CorruptFileError, InvalidInputError, StorageError
 
 try:  # POSIX only; elsewhere the store is safe across threads but not across processes.
     import fcntl
@@ -50,6 +56,7 @@ CONTEXT_DIR = "contexts"
 LOCK_FILE = ".lock"
 FORMAT_VERSION = 1
 ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def context_id(method: str, base_model: str, compressor: str, text: str) -> str:
@@ -96,7 +103,8 @@ class ContextStore:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(f"store {self.root} exists and is not a folder")
-        (self.root / CONTEXT_DIR).mkdir(parents=True, exist_ok=True)
+        with self._storage_errors("create its folders"):
+            (self.root / CONTEXT_DIR).mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.cache_bytes = cache_bytes
         self.flush_interval = flush_interval
@@ -108,7 +116,10 @@ class ContextStore:
         self._cache: OrderedDict[str, CompressedContext] = OrderedDict()
         self.evictions = 0
         with self._locked():
-            self._refresh(force=True)
+            try:
+                self._refresh(force=True)
+            except StorageError as exc:  # a rebuilt index that cannot be written: serve anyway
+                log.warning("%s; serving the contexts it holds without writing", exc)
 
     # ------------------------------------------------------------------ paths and locking
     @property
@@ -124,15 +135,57 @@ class ContextStore:
     def _locked(self) -> Iterator[None]:
         """This process's threads and other processes: one change at a time."""
         with self._lock:
-            if fcntl is None:
+            handle = self._open_lock_file()
+            if handle is None:
                 yield
                 return
-            with open(self.root / LOCK_FILE, "a+") as handle:
+            with handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 try:
                     yield
                 finally:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _open_lock_file(self) -> Any:
+        """The lock file, opened for locking; ``None`` without ``fcntl`` or on a read-only
+        folder without one (no process can change such a store, so there is nothing to
+        serialise)."""
+        if fcntl is None:
+            return None
+        path = self.root / LOCK_FILE
+        try:
+            return open(path, "a+")  # closed by _locked
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY_ERRNOS:
+                raise self._storage_error("open its lock file", exc) from exc
+        try:
+            return open(path)  # flock works on a read-only handle
+        except OSError:
+            return None
+
+    def _storage_error(self, action: str, exc: OSError) -> StorageError:
+        error = StorageError(
+            f"the context store {self.root} could not {action}: {exc.strerror or exc}", exc.errno
+        )
+        hint = (
+            "free space on its disk or lower the store's size cap"
+            if error.disk_full
+            else f"make {self.root} writable"
+        )
+        error.args = (f"{error.args[0]} ({hint}; nothing was half-written)",)
+        return error
+
+    @contextlib.contextmanager
+    def _storage_errors(self, action: str) -> Iterator[None]:
+        """Raise a disk's refusal (``OSError``) as :class:`StorageError` naming the store."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | ContextNotFoundError):
+                raise
+            raise self._storage_error(action, exc) from exc
 
     # ------------------------------------------------------------------ the index
     def _stamp(self) -> tuple[int, int, int] | None:
@@ -185,16 +238,8 @@ class ContextStore:
 
     def _write_index(self) -> None:
         data = {"format_version": FORMAT_VERSION, "entries": self._entries}
-        fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.index_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self._storage_errors("write its index"):
+            write_text_atomic(self.index_path, json.dumps(data, indent=1, sort_keys=True))
         self._index_stamp = self._stamp()
         self._pending_access.clear()
         self._last_flush = time.monotonic()
@@ -299,7 +344,11 @@ class ContextStore:
             self._pending_access[context_id] = now
             due = time.monotonic() - self._last_flush > self.flush_interval
         if due:
-            self.flush()
+            try:
+                self.flush()
+            except StorageError as exc:  # answering must not fail because of a timestamp
+                self._last_flush = time.monotonic()  # retry after the next interval
+                log.warning("%s; access times are kept in memory", exc)
 
     def flush(self) -> None:
         """Write access times recorded since the last change to the index."""
@@ -340,12 +389,22 @@ class ContextStore:
                     f"the compressed context needs about {ctx.num_bytes} bytes, more than the "
                     f"store's whole size cap ({self.max_bytes} bytes)"
                 )
-            ctx.save(path)
+            with self._storage_errors("write a context"):
+                ctx.save(path)
             entry = self._entry(context_id, ctx, path, created=time.time())
+            # The index is written before evicted files are removed: a failure leaves the
+            # store exactly as it was (the new file is removed again, nothing evicted).
+            before = {cid: dict(e) for cid, e in self._entries.items()}
             self._entries[context_id] = entry
+            evicted = self._evict(keep=context_id)
+            try:
+                self._write_index()
+            except StorageError:
+                self._entries = before
+                path.unlink(missing_ok=True)
+                raise
+            self._remove_files(evicted)
             self._remember(context_id, ctx)
-            self._evict(keep=context_id)
-            self._write_index()
             return dict(entry), True
 
     def delete(self, context_id: str) -> bool:
@@ -354,18 +413,29 @@ class ContextStore:
             return False
         with self._locked():
             self._refresh(force=True)
-            entry = self._entries.pop(context_id, None)
+            path = self.path_of(context_id)
+            existed = context_id in self._entries or path.exists()
+            if context_id in self._entries:
+                entry = self._entries.pop(context_id)
+                try:
+                    self._write_index()  # first the index, then the file: never a dangling id
+                except StorageError:
+                    self._entries[context_id] = entry
+                    raise
             self._cache.pop(context_id, None)
             self._pending_access.pop(context_id, None)
-            path = self.path_of(context_id)
-            existed = entry is not None or path.exists()
-            path.unlink(missing_ok=True)
-            if entry is not None:
-                self._write_index()
+            with self._storage_errors("delete a context"):
+                path.unlink(missing_ok=True)
             return existed
 
+    def _remove_files(self, ids: list[str]) -> None:
+        for cid in ids:
+            with contextlib.suppress(OSError):  # left over: ``gc`` removes unindexed files
+                (self.root / CONTEXT_DIR / f"{cid}.ctx").unlink(missing_ok=True)
+
     def _evict(self, *, keep: str | None = None) -> list[str]:
-        """Drop least recently used entries until the cap holds (never ``keep``)."""
+        """Drop least recently used entries from the index until the cap holds (never
+        ``keep``); the caller removes their files once the index is written."""
         if self.max_bytes is None:
             return []
         evicted = []
@@ -380,7 +450,6 @@ class ContextStore:
             del self._entries[cid]
             self._cache.pop(cid, None)
             self._pending_access.pop(cid, None)
-            (self.root / CONTEXT_DIR / f"{cid}.ctx").unlink(missing_ok=True)
             evicted.append(cid)
             log.info(
                 "store: evicted %s (least recently used) to stay under %d bytes",
@@ -399,7 +468,7 @@ class ContextStore:
         contexts above ``max_bytes`` (default: the store's own cap). Returns a summary.
         """
         summary: dict[str, Any] = {"dropped": [], "adopted": [], "removed_files": [], "evicted": []}
-        with self._locked():
+        with self._locked(), self._storage_errors("repair itself"):
             self._refresh(force=True)
             folder = self.root / CONTEXT_DIR
             for cid in list(self._entries):
@@ -444,6 +513,7 @@ class ContextStore:
             finally:
                 self.max_bytes = previous
             self._write_index()
+            self._remove_files(summary["evicted"])
             summary["contexts"] = len(self._entries)
             summary["bytes"] = sum(int(e["bytes"]) for e in self._entries.values())
         return summary

@@ -8,12 +8,17 @@ Layout of ``<output_dir>/checkpoints/step-000100/``::
     trainer_state.json       step, optimizer param groups, scheduler, sampler, python RNG
 
 Everything is written into a temporary folder that is renamed into place last, so a crash
-never leaves a half-written checkpoint, and the previous checkpoints stay intact.
+never leaves a half-written checkpoint, and the previous checkpoints stay intact; folders
+are removed by renaming them out of the ``step-*`` namespace first (a removal cut short never
+looks like a checkpoint). On resume the logs are cut back to the checkpoint's step
+(:func:`trim_log`), so a run killed at any moment and resumed logs every step exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import re
 import shutil
@@ -22,6 +27,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+
+from ..atomic import write_text_atomic
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -85,7 +92,7 @@ def restore_python_rng(state: list) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -103,7 +110,47 @@ def load_state(path: Path) -> tuple[dict[str, Any], dict]:
     return state, optimizer_from_files(tensors, state["optimizer"])
 
 
+def discard(folder: Path) -> None:
+    """Remove a folder, renaming it to ``.trash-<name>`` first (see the module docstring)."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".trash-{folder.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def prune(output_dir: Path, keep: int) -> None:
-    """Remove all but the newest ``keep`` checkpoints."""
+    """Remove all but the newest ``keep`` checkpoints, and what interrupted writes and
+    removals left (``.tmp-*``, ``.trash-*``)."""
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
+    root = Path(output_dir) / "checkpoints"
+    for leftover in [*root.glob(".tmp-*"), *root.glob(".trash-*")] if root.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; a line cut short by a crash is skipped."""
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep only the records of steps ``<= step`` (those after it will be logged again by
+    the resumed run), rewriting the file atomically; nothing to do when none is dropped."""
+    if not path.is_file():
+        return
+    records = read_log(path)
+    kept = [r for r in records if int(r.get("step", 0)) <= step]
+    text = path.read_text(encoding="utf-8")
+    if len(kept) == len(records) and (not text or text.endswith("\n")):
+        return
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))

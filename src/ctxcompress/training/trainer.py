@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from ..atomic import write_text_atomic
 from ..errors import InvalidInputError
 from ..methods import Compressor, build_compressor
 from ..methods.persistence import CONFIG_FILE
@@ -331,13 +332,17 @@ class Trainer:
 
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict()))
+            write_text_atomic(
+                self.output_dir / "config.yaml", yaml.safe_dump(self.config.to_dict())
+            )
             for s in self.sources:
                 self._log(
                     f"{s.source.source} ({s.source.objective}): {len(s.examples)} "
                     f"examples, {s.dropped} dropped by length filters"
                 )
         metrics_path = self.output_dir / "metrics.jsonl"
+        if acc.is_main_process:  # a killed run logged steps after its last checkpoint
+            ckpt.trim_log(metrics_path, self.step)
         bar = tqdm(
             total=end,
             initial=self.step,
@@ -412,8 +417,7 @@ class Trainer:
                 "train_cpu_seconds": self.train_cpu_seconds,
             }
             ckpt.write_json(tmp / ckpt.STATE_FILE, state)  # written last: marks completeness
-            if target.exists():
-                shutil.rmtree(target)
+            ckpt.discard(target)  # the same step saved again (e.g. an early stop, resumed)
             os.replace(tmp, target)
             ckpt.prune(self.output_dir, self.loop.keep_checkpoints)
         acc.wait_for_everyone()
