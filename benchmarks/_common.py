@@ -1,8 +1,9 @@
 """What the benchmark drivers share: atomic JSON bookkeeping and the resumable
 train-with-a-dev-curve loop (one source for the fair, quality and recipe benchmarks).
 
-Scripts import it after putting ``benchmarks/`` on ``sys.path``:
-``sys.path.insert(0, str(Path(__file__).resolve().parents[1]))``.
+Scripts run as ``python benchmarks/<name>/run.py`` put the repository root on ``sys.path``
+and import ``benchmarks._common``; tests import the scripts as modules of the ``benchmarks``
+namespace package (pytest's ``pythonpath = ["."]``).
 """
 
 from __future__ import annotations

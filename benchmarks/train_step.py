@@ -29,8 +29,8 @@ from ctxcompress.methods import TRAINABLE_METHODS
 from ctxcompress.models import load_base_model
 from ctxcompress.training import Trainer, load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import smollm2_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package
+from benchmarks._common import smollm2_config
 
 
 def main() -> None:

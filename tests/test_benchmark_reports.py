@@ -3,23 +3,21 @@ section of a docs page and leaves the rest of the page alone (no training here).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import _common as common
+from benchmarks.fair import run as fair
+from benchmarks.peers import kvpress_run
+from benchmarks.quality import run as quality
+from benchmarks.recipe import run as recipe
+from benchmarks.standard import run as standard
+
 from ctxcompress.evaluation import EvalResult, Prediction
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(relative.replace("/", "_"), ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_result(label: str, f1: float, positions=(0,)) -> EvalResult:
@@ -40,7 +38,6 @@ def fake_result(label: str, f1: float, positions=(0,)) -> EvalResult:
 
 
 def test_fair_report_writes_partial_results_into_its_section(tmp_path):
-    fair = load_script("benchmarks/fair/run.py")
     out = tmp_path / "results" / "r4"
     fake_result("pt_full@4x", 0.25).save(out / "eval" / "pt_full.json")
     fake_result("sac@4x", 0.125).save(out / "eval" / "sac.json")
@@ -169,7 +166,6 @@ def kvpress_summary(press: str, r: int, machine: str) -> dict:
 def test_kvpress_table_orders_presses_and_says_which_machine_ran_what():
     """A run resumed in another session mixes machines: the table must say so (timings are
     only comparable within one machine) and list presses in their canonical order."""
-    kvpress_run = load_script("benchmarks/peers/kvpress_run.py")
     meta = {
         "versions": {"kvpress": "0.5.5"},
         "n_examples": 2,
@@ -199,7 +195,6 @@ def test_kvpress_runner_scores_answers_as_ctxcompress_does():
     agree with ours, or its rows are not comparable."""
     from ctxcompress.evaluation import metrics
 
-    kvpress_run = load_script("benchmarks/peers/kvpress_run.py")
     cases = [
         ("The Eiffel Tower", ["Eiffel Tower"]),
         ("in 1889, in Paris.", ["1889", "Paris, France"]),
@@ -213,7 +208,6 @@ def test_kvpress_runner_scores_answers_as_ctxcompress_does():
 
 
 def test_recipe_rows_are_valid_configs_and_its_report_lists_what_finished(tmp_path):
-    recipe = load_script("benchmarks/recipe/run.py")
     out = tmp_path / "results"
     teacher = out / "train" / recipe.TEACHER / "compressor"
     teacher.mkdir(parents=True)
@@ -253,7 +247,6 @@ def test_recipe_rows_are_valid_configs_and_its_report_lists_what_finished(tmp_pa
 
 
 def test_fair_recipe_rows_use_the_levers_and_the_same_loop(tmp_path):
-    fair = load_script("benchmarks/fair/run.py")
     teacher = tmp_path / "train" / "trained_full" / "stage2" / "compressor"
     teacher.mkdir(parents=True)
     (teacher / "ctxcompress.json").write_text("{}")
@@ -280,7 +273,6 @@ def test_standard_report_scores_kvpress_rows_with_ours_by_depth(tmp_path, monkey
     system not run yet is listed as missing."""
     from ctxcompress.data.records import QAExample
 
-    standard = load_script("benchmarks/standard/run.py")
     setting = "ruler_niah_2k_r16"
     examples = [
         QAExample(
@@ -338,7 +330,6 @@ def test_dev_curves_of_the_benchmarks_resume_without_duplicate_points(qa_file, t
     """benchmarks/_common.train_with_dev_curve runs on Trainer.run(eval_every=, on_eval=):
     one point per multiple of the interval, none evaluated twice across a resume."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    common = load_script("benchmarks/_common.py")
     from ctxcompress.data import load_qa
     from ctxcompress.training import Trainer, parse_config
 
@@ -369,7 +360,6 @@ def test_benchmark_configs_build_a_valid_training_config_for_every_row(monkeypat
     import ctxcompress.training.config as training_config
 
     monkeypatch.setattr(training_config, "check_teacher_spec", lambda spec: None)  # untrained
-    fair = load_script("benchmarks/fair/run.py")
     args = SimpleNamespace(stage1_steps=100, stage2_steps=200, curve_every=50)
     for setting in fair.SETTINGS:
         for system in fair.SYSTEMS:
@@ -380,7 +370,6 @@ def test_benchmark_configs_build_a_valid_training_config_for_every_row(monkeypat
                     stage == 2 and "distill" in fair.SYSTEMS[system]
                 )
     assert set(fair.RUN_ORDER) == {*fair.SYSTEMS, *fair.ZERO_SHOT}
-    recipe = load_script("benchmarks/recipe/run.py")
     rows = {
         row: recipe.row_config(row, SimpleNamespace(steps=150, curve_every=25), tmp_path)
         for row in recipe.ROWS
@@ -397,11 +386,8 @@ def test_quality_and_standard_benchmark_configs_name_what_exists():
     (found through benchmarks/_common.smollm2_config) and every setting has a ratio and data."""
     from ctxcompress.training import load_config
 
-    quality = load_script("benchmarks/quality/run.py")
-    common = load_script("benchmarks/_common.py")
     for method in quality.TRAINED:
         assert load_config(common.smollm2_config(method), []).method in (method, "500x")
     assert all({"ratio", "steps", "data_options"} <= set(s) for s in quality.SETTINGS.values())
-    standard = load_script("benchmarks/standard/run.py")
     assert all({"ratio", "data", "limit"} <= set(s) for s in standard.SETTINGS.values())
     assert standard.OURS and standard.PRESSES

@@ -3,32 +3,17 @@ of ``benchmarks/fuzz_service.py`` on the tiny model, with and without a token.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("schemathesis")
 
+from benchmarks import fuzz_service as fuzzer
+
 import ctxcompress as cc
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_fuzzer():
-    spec = importlib.util.spec_from_file_location(
-        "fuzz_service", ROOT / "benchmarks" / "fuzz_service.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_service"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("token", ["fuzz-token", None], ids=["auth", "open"])
 def test_fuzzed_requests_get_no_server_error_and_schema_conforming_answers(token):
-    fuzzer = load_fuzzer()
     comp = cc.build_compressor("sac", cc.load_base_model("tiny"), ratio=4, lora_rank=8)
     report = fuzzer.fuzz(comp, examples=15, token=token)
     assert not report.failures, "\n\n".join(report.failures)

@@ -66,15 +66,15 @@ from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import (  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
+from benchmarks._common import (  # noqa: E402
     add_seconds,
     load_json,
     train_with_dev_curve,
     write_json,
 )
-from _common import command_line as _command_line  # noqa: E402
-from _common import plot_curves as _plot_curves  # noqa: E402
+from benchmarks._common import command_line as _command_line  # noqa: E402
+from benchmarks._common import plot_curves as _plot_curves  # noqa: E402
 
 SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "fair.yaml").read_text())
 SETTINGS: dict[str, dict[str, Any]] = SPEC["settings"]

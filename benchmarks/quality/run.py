@@ -42,9 +42,9 @@ from ctxcompress.evaluation import (
 from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import add_seconds, smollm2_config
-from _common import command_line as _command_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the benchmarks package
+from benchmarks._common import add_seconds, smollm2_config
+from benchmarks._common import command_line as _command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "quality.yaml").read_text())

@@ -57,8 +57,8 @@ from ctxcompress.evaluation import (
 from ctxcompress.training import Trainer, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import (  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
+from benchmarks._common import (  # noqa: E402
     add_seconds,
     command_line,
     load_json,

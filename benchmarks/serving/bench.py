@@ -54,13 +54,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, store: Path, port: int, max_batch: int):
+def start_server(
+    args: argparse.Namespace, store: Path, port: int, max_batch: int, max_queue: int | None = None
+):
+    """``ctxcompress serve`` as ``args`` say, on loopback; returns ``(process, url)`` once
+    ``/healthz`` answers. ``max_queue`` defaults to room for every client twice."""
     command = [
         sys.executable, "-m", "ctxcompress", "serve",
         "--base-model", args.base_model, "--method", args.method, "--ratio", str(args.ratio),
         "--store", str(store), "--port", str(port), "--log-level", "warning",
         "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
-        "--max-queue", str(max(256, args.clients * 2)),
+        "--max-queue", str(max_queue or max(256, args.clients * 2)),
     ]  # fmt: skip
     for option in args.set or []:
         command += ["--set", option]

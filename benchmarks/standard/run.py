@@ -60,9 +60,9 @@ from ctxcompress.evaluation.report import LABELS, depth_key, depth_table, plot_q
 from ctxcompress.prompts import chat_prompt_options
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import add_seconds, load_json, write_json  # noqa: E402
-from _common import command_line as _command_line  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
+from benchmarks._common import add_seconds, load_json, write_json  # noqa: E402
+from benchmarks._common import command_line as _command_line  # noqa: E402
 
 SPEC = yaml.safe_load((ROOT / "configs" / "benchmarks" / "standard.yaml").read_text())
 SETTINGS: dict[str, dict[str, Any]] = SPEC["settings"]
