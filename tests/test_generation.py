@@ -197,8 +197,13 @@ def test_shared_prefix_attention_is_only_used_where_it_is_exact():
         num_key_value_heads=1,
         use_sliding_window=True,
         sliding_window=8,
+        max_window_layers=1,  # layers from index 1 on use the window
     )
+    assert windowed.layer_types == ["full_attention", "sliding_attention"]
     assert not supports(Qwen2ForCausalLM(windowed))
+    # Qwen2's default keeps the window off below layer 28: every layer global, supported.
+    windowed.layer_types = ["full_attention"] * 2
+    assert supports(Qwen2ForCausalLM(windowed))
 
 
 def test_shared_prefix_attention_in_bfloat16_matches_the_copies_closely():

@@ -41,7 +41,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's real end of turn; the GGUF metadata does not say so reliably.
 EMBEDDED_EOS = "<|im_end|>"
 # Tiny random-init models for tests and smoke runs (``ctxcompress.tiny_models``), by name.
-TINY_MODELS = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2"}
+TINY_MODELS = {"tiny": "llama"} | {f"tiny-{arch}": arch for arch in tiny_models.ARCHITECTURES}
 # Attention backends whose reading of a custom 4-D mask is tested (see masks.py).
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _CACHE_FORMAT = 1
@@ -169,6 +169,34 @@ def max_positions(model: PreTrainedModel) -> int:
     """The number of positions the model was built for (``max_position_embeddings``)."""
     value = getattr(model.config, "max_position_embeddings", None)
     return int(value) if value else 2**31 - 1
+
+
+def sliding_window_problem(config: Any) -> str | None:
+    """Why a model with sliding-window attention layers cannot take compressed contexts, or
+    ``None`` when every layer attends over all positions.
+
+    The rule (issue 23): a layer whose window is shorter than the model's positions would see
+    only the context entries within its window of each query — in the uncompressed model as
+    well — and ctxcompress's masks and injected caches do not restrict a layer to its window
+    (a 4-D mask given to transformers replaces its sliding-window masks). Rather than answer
+    differently from the model, such models are refused; a window that covers every position
+    (``sliding_window >= max_position_embeddings``) is global attention and is accepted.
+    """
+    window = getattr(config, "sliding_window", None)
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
+    if not layer_types and window and getattr(config, "use_sliding_window", True):
+        sliding = list(range(int(getattr(config, "num_hidden_layers", 0))))
+    positions = getattr(config, "max_position_embeddings", None) or 2**31 - 1
+    if not sliding or window is None or int(window) >= int(positions):
+        return None
+    return (
+        f"{config.model_type} has sliding-window attention in {len(sliding)} of its "
+        f"{config.num_hidden_layers} layers (window {window} < its {positions} positions); "
+        "ctxcompress cannot yet restrict those layers to their window around a compressed "
+        "context, so it refuses the model instead of answering differently from it. Use a "
+        "model with global attention in every layer (see docs/models.md)"
+    )
 
 
 # transformers 5.2x renamed the KV-cache argument and output field of every model's forward

@@ -30,9 +30,10 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 
 from .context import CompressedContext
+from .models import sliding_window_problem
 
 SHARED_PREFIX_ATTENTION = "ctxcompress_shared_prefix"
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "phi3"})
 
 # Per layer: the shared context's keys and values, [kv_heads, C, head_dim].
 _PREFIX: ContextVar[list[tuple[torch.Tensor, torch.Tensor]] | None] = ContextVar(
@@ -47,10 +48,7 @@ def supports(model: PreTrainedModel) -> bool:
         return False
     if config._attn_implementation not in ("sdpa", "eager"):
         return False
-    if getattr(config, "use_sliding_window", False):
-        return False
-    layer_types = getattr(config, "layer_types", None) or ()
-    return all(t == "full_attention" for t in layer_types)
+    return sliding_window_problem(config) is None
 
 
 def _attention(

@@ -2,8 +2,10 @@
 transformers objects behind ``load_base_model("tiny")`` and :mod:`ctxcompress.testing`.
 
 Nothing is downloaded: the tokenizer is trained in milliseconds on a built-in text, and the
-models are built from ``LlamaConfig`` / ``Qwen2Config``. A primitive: it imports nothing from
-the package (``models`` wraps these into a ``BaseModel``; ``testing`` offers them to tests).
+models are built from the configs of the architectures in :data:`ARCHITECTURES` (Llama,
+Qwen2, Qwen3, Mistral, Phi-3, Gemma 3 with its sliding-window layers). A primitive: it
+imports nothing from the package (``models`` wraps these into a ``BaseModel``; ``testing``
+offers them to tests).
 """
 
 from __future__ import annotations
@@ -13,15 +15,25 @@ from functools import lru_cache
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3")
+TINY_SLIDING_WINDOW = 16
+"""Gemma 3's local-attention window in the tiny models (the real ones: 512 or 1024)."""
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 DEFAULT_MAX_POSITIONS = 2048
 _CORPUS = (
@@ -73,7 +85,9 @@ def build_lm(
     initializer_range: float = 0.02,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """A frozen random-init causal LM (``"llama"`` or ``"qwen2"``) sized for ``tokenizer``."""
+    """A frozen random-init causal LM of architecture ``arch`` (one of
+    :data:`ARCHITECTURES`) sized for ``tokenizer``. ``"gemma3"`` alternates sliding-window
+    (window :data:`TINY_SLIDING_WINDOW`) and global layers, like the real model's 5:1."""
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -88,13 +102,32 @@ def build_lm(
         tie_word_embeddings=False,
         initializer_range=initializer_range,
     )
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {arch!r}; use one of {ARCHITECTURES}")
+    common["attn_implementation"] = attn_implementation
+    head_dim = hidden_size // num_heads
     torch.manual_seed(seed)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation=attn_implementation))
+        model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, attn_implementation=attn_implementation))
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=head_dim))
+    elif arch == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common, head_dim=head_dim, sliding_window=None))
+    elif arch == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(**common))
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'qwen2'")
+        layer_types = [
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)
+        ]
+        config = Gemma3TextConfig(
+            **common,
+            head_dim=head_dim,
+            sliding_window=TINY_SLIDING_WINDOW,
+            layer_types=layer_types,
+        )
+        model = Gemma3ForCausalLM(config)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -26,7 +26,7 @@ from torch import nn
 from ..context import CompressedContext
 from ..errors import ContextTooLongError, InvalidInputError, ModelLoadError
 from ..generation import DecoderPrompt, build_decoder_batch
-from ..models import BaseModel, cache_kwargs, max_positions
+from ..models import BaseModel, cache_kwargs, max_positions, sliding_window_problem
 from ..positions import sink_count
 from .answering import AnsweringMixin
 from .config import LEGACY_DEFAULTS, CompressorConfig
@@ -63,6 +63,8 @@ class Compressor(
                 f"attention backend {lm.config._attn_implementation!r} is not supported; "
                 "load the model with attn_implementation='sdpa' or 'eager'."
             )
+        if problem := sliding_window_problem(lm.config):
+            raise ModelLoadError(problem)
         self.lm = lm
         # Injects the LoRA layers into `lm` in place; `self.model` wraps the same modules.
         self.model: nn.Module = inject_lora(lm, config)

@@ -19,6 +19,28 @@ from torch import nn
 from ..errors import ModelLoadError
 from .config import CompressorConfig
 
+DEFAULT_TARGETS = CompressorConfig.lora_target_modules
+FUSED_QKV = "qkv_proj"
+"""Phi-3's fused query/key/value projection: the papers' q/v LoRA can only adapt it whole."""
+
+
+def lora_targets(lm: nn.Module, config: CompressorConfig) -> list[str]:
+    """The module names the adapter goes on: ``config.lora_target_modules``, except that the
+    default (the papers' ``q_proj``/``v_proj``) becomes ``qkv_proj`` on models that fuse the
+    three projections (Phi-3). Names that match no module are refused, listing those that do.
+    """
+    leaves = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules() if isinstance(m, nn.Linear)}
+    targets = list(config.lora_target_modules)
+    if tuple(targets) == DEFAULT_TARGETS and not set(targets) & leaves and FUSED_QKV in leaves:
+        targets = [FUSED_QKV]
+    if not set(targets) & leaves:
+        raise ModelLoadError(
+            f"lora_target_modules {targets} match no linear layer of this "
+            f"{getattr(getattr(lm, 'config', None), 'model_type', 'model')}; its linear "
+            f"layers are {sorted(leaves)}: set lora_target_modules to some of them"
+        )
+    return targets
+
 
 def inject_lora(lm: nn.Module, config: CompressorConfig) -> nn.Module:
     """``lm`` with the encoder adapter of ``config`` injected in place (peft), or ``lm`` itself
@@ -35,7 +57,7 @@ def inject_lora(lm: nn.Module, config: CompressorConfig) -> nn.Module:
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_target_modules),
+        target_modules=lora_targets(lm, config),
         bias="none",
     )
     # peft draws LoRA A from torch's global generator: seed it from the config (in a forked
