@@ -67,6 +67,17 @@ def compress(
             ),
         ),
     ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            "--budget",
+            min=1,
+            help=(
+                "At most this many entries: the ratio is chosen for this document (never "
+                "below the compressor's own) and printed."
+            ),
+        ),
+    ] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
@@ -89,7 +100,7 @@ def compress(
         untrained_note()
     with err_console.status("Compressing ..."):
         start = time.perf_counter()
-        ctx = comp.compress(document)
+        ctx = comp.compress(document, budget=budget)
         seconds = time.perf_counter() - start
     ctx.save(output)
     result = {
@@ -98,6 +109,8 @@ def compress(
         "original_length": ctx.original_length,
         "compressed_length": ctx.compressed_length,
         "ratio": round(ctx.ratio, 3),
+        "r": ctx.meta.get("ratio"),  # the method's ratio: chosen for --budget, else its own
+        "budget": budget,
         "bytes": ctx.num_bytes,
         "seconds": round(seconds, 4),
         "compressor": ctx.compressor,
@@ -114,6 +127,8 @@ def compress(
     table.add_row("original length L (tokens)", str(ctx.original_length))
     table.add_row("compressed length C", str(ctx.compressed_length))
     table.add_row("ratio L / C", f"{ctx.ratio:.2f}x")
+    if budget is not None:
+        table.add_row("budget", f"{budget} entries (ratio r = {ctx.meta.get('ratio')} chosen)")
     table.add_row("size", f"{ctx.num_bytes:,} bytes")
     table.add_row("compression time", f"{seconds:.3f} s")
     table.add_row("compressor", f"{ctx.compressor}{' (fresh, untrained)' if fresh else ''}")

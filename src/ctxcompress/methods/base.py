@@ -29,6 +29,7 @@ from ..generation import DecoderPrompt, build_decoder_batch
 from ..models import BaseModel, cache_kwargs, max_positions, sliding_window_problem
 from ..positions import sink_count
 from .answering import AnsweringMixin
+from .budget import BudgetMixin
 from .config import LEGACY_DEFAULTS, CompressorConfig
 from .encoding import prefill_kv
 from .lora import EncoderAdapterMixin, inject_lora
@@ -39,7 +40,12 @@ _TOKENIZER_LOCK = threading.Lock()
 
 
 class Compressor(
-    EncoderAdapterMixin, TrainingLossMixin, AnsweringMixin, PersistenceMixin, nn.Module
+    EncoderAdapterMixin,
+    TrainingLossMixin,
+    AnsweringMixin,
+    PersistenceMixin,
+    BudgetMixin,
+    nn.Module,
 ):
     """Base class: a frozen base LM, a LoRA encoder adapter and a learned ``[LM]`` embedding."""
 
@@ -213,7 +219,7 @@ class Compressor(
         k, cfg = self.config.sink_tokens, self.config
         if not k:
             return [0] * len(contexts)
-        return [sink_count(min(len(ids), cfg.chunk_size), cfg.ratio, k) for ids in contexts]
+        return [sink_count(min(len(ids), cfg.chunk_size), self.ratio, k) for ids in contexts]
 
     def sink_kv(self, contexts: Sequence[Sequence[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The frozen model's own keys and values ``[layers, kv_heads, s, head_dim]`` of each
@@ -234,18 +240,27 @@ class Compressor(
         """Compress tokenized contexts, keeping gradients. Implemented by each method."""
         raise NotImplementedError
 
-    def compress(self, texts: str | Sequence[str]) -> CompressedContext | list[CompressedContext]:
-        """Compress one text (-> one context) or a list of texts (-> list, encoded together)."""
+    def compress(
+        self, texts: str | Sequence[str], *, budget: int | None = None
+    ) -> CompressedContext | list[CompressedContext]:
+        """Compress one text (-> one context) or a list of texts (-> list, encoded together).
+
+        ``budget``: at most this many entries per context; the ratio is chosen per document
+        (:meth:`ratio_for_budget`) and recorded in ``ctx.meta["ratio"]``.
+        """
         single = isinstance(texts, str)
         items = [texts] if single else texts
         if not single and (not isinstance(items, Sequence) or not items):
             raise InvalidInputError("compress() takes a str or a non-empty list of str")
         ids = [self.context_ids(t) for t in items]
-        contexts = self.compress_ids(ids)
+        contexts = self.compress_ids(ids, budget=budget)
         return contexts[0] if single else contexts
 
-    def compress_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
-        """Compress tokenized contexts for inference (no gradients, adapter active)."""
+    def compress_ids(
+        self, contexts: Sequence[Sequence[int]], *, budget: int | None = None
+    ) -> list[CompressedContext]:
+        """Compress tokenized contexts for inference (no gradients, adapter active); with a
+        ``budget``, each at the ratio that keeps it within that many entries."""
         vocab = self.lm.get_input_embeddings().num_embeddings
         for ids in contexts:
             if len(ids) == 0:
@@ -261,14 +276,26 @@ class Compressor(
                     "tokenize with this compressor's tokenizer (or use compress(text))"
                 )
             self._check_length(len(ids))
+        if budget is None:
+            ratios = [self.ratio] * len(contexts)
+        else:
+            ratios = [self.ratio_for_budget(len(ids), budget) for ids in contexts]
+        out: list[CompressedContext | None] = [None] * len(contexts)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                out = self.encode_ids(contexts)
+                for ratio in sorted(set(ratios)):  # documents of one ratio encoded together
+                    rows = [i for i, r in enumerate(ratios) if r == ratio]
+                    with self.at_ratio(ratio):
+                        encoded = self.encode_ids([contexts[i] for i in rows])
+                    for i, ctx in zip(rows, encoded, strict=True):
+                        if budget is not None:
+                            ctx.meta["budget"] = budget
+                        out[i] = ctx.detach()
         finally:
             self.train(was_training)
-        return [c.detach() for c in out]
+        return out  # type: ignore[return-value]
 
     def _new_context(self, original_length: int, meta: dict[str, Any] | None = None, **tensors):
         return CompressedContext(
@@ -277,7 +304,7 @@ class Compressor(
             base_model=self.base_fingerprint,
             compressor=self.fingerprint,
             original_length=original_length,
-            meta={"ratio": self.config.ratio, **(meta or {})},
+            meta={"ratio": self.ratio, **(meta or {})},
             **tensors,
         )
 

@@ -59,6 +59,7 @@ class HardBaseline(Compressor):
 
     config_class = HardConfig
     uses_lm_token = False
+    min_ratio = 1  # nothing learned per slot: a budget may keep more than config.ratio does
 
     def keep(self, ids: Sequence[int]) -> list[int]:
         """The token ids this baseline keeps, in order."""
@@ -115,7 +116,7 @@ class Truncation(HardBaseline):
         if length == 0:
             return 0
         spans = chunk_spans(length, self.config.chunk_size)
-        return sum(memory_slots(e - s, self.config.ratio) for s, e in spans)
+        return sum(memory_slots(e - s, self.ratio) for s, e in spans)
 
     def _prefix_length(self, ids: Sequence[int]) -> int:
         prefix = self.context_prefix_ids()

@@ -86,7 +86,7 @@ class MemoryTokenCompressor(Compressor):
 
     def compressed_length(self, length: int) -> int:
         spans = chunk_spans(length, self.config.chunk_size)
-        return sum(memory_slots(e - s, self.config.ratio) for s, e in spans)
+        return sum(memory_slots(e - s, self.ratio) for s, e in spans)
 
     def first_decoder_position(self, ctx: CompressedContext) -> int:
         if self.config.decoder_start == "L":
@@ -102,7 +102,7 @@ class MemoryTokenCompressor(Compressor):
             for index, (start, end) in enumerate(chunk_spans(len(ids), cfg.chunk_size)):
                 n = end - start
                 sink = cfg.sink_tokens if start == 0 else 0
-                offsets = memory_offsets(n, cfg.ratio, cfg.memory_positions, sink)
+                offsets = memory_offsets(n, self.ratio, cfg.memory_positions, sink)
                 if not offsets and not cfg.one_pass:
                     continue
                 if doc_row is None or not cfg.one_pass:

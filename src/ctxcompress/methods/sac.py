@@ -99,18 +99,18 @@ class SACCompressor(Compressor):
     def compressed_length(self, length: int) -> int:
         """Anchors kept for a context of ``length`` tokens (the compressed length)."""
         spans = chunk_spans(length, self.config.chunk_size)  # sink tokens count inside
-        return sum(len(sac_anchor_offsets(e - s, self.config.ratio)) for s, e in spans)
+        return sum(len(sac_anchor_offsets(e - s, self.ratio)) for s, e in spans)
 
     def anchor_offsets(self, chunk_start: int, chunk_len: int) -> list[int]:
         """Anchor offsets inside the chunk starting at token index ``chunk_start`` (the first
         chunk's sink tokens, if any, take the place of its first anchors)."""
         sink = self.config.sink_tokens if chunk_start == 0 else 0
         if self.config.anchor_selection == "uniform":
-            return sac_anchor_offsets(chunk_len, self.config.ratio, sink)
+            return sac_anchor_offsets(chunk_len, self.ratio, sink)
         # Random anchors are seeded by the chunk's place, so a document gets the same anchors
         # whatever it is batched with.
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk_start)
-        return random_anchor_offsets(chunk_len, self.config.ratio, generator, sink)
+        return random_anchor_offsets(chunk_len, self.ratio, generator, sink)
 
     def _plan(self, contexts: Sequence[Sequence[int]]) -> list[_Chunk]:
         """The chunks to encode; a first chunk whose whole budget went to sink tokens has no

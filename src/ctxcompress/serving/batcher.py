@@ -79,11 +79,12 @@ class AnswerJob:
 @dataclass
 class CompressJob:
     token_ids: list[list[int]]
+    budget: int | None = None
     future: Future = field(default_factory=Future)
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return ("compress",)
+        return ("compress", self.budget)
 
 
 Job = AnswerJob | CompressJob
@@ -169,10 +170,11 @@ class Batcher:
             self._cond.notify()
         return [job.future for job in jobs]
 
-    def compress(self, token_ids: Sequence[Sequence[int]]) -> Future:
+    def compress(self, token_ids: Sequence[Sequence[int]], budget: int | None = None) -> Future:
         """Queue tokenized documents (``Compressor.context_ids``, as the request thread
-        checked them) to compress; the future resolves to a list of contexts."""
-        return self.submit([CompressJob([list(ids) for ids in token_ids])])[0]
+        checked them) to compress, within a token ``budget`` if given; the future resolves
+        to a list of contexts."""
+        return self.submit([CompressJob([list(ids) for ids in token_ids], budget)])[0]
 
     # ------------------------------------------------------------------ the worker
     def _take(self) -> list[Job]:
@@ -257,7 +259,7 @@ class Batcher:
         rows = [ids for job in jobs for ids in job.token_ids]
         start = time.perf_counter()
         try:
-            contexts = self.compressor.compress_ids(rows)
+            contexts = self.compressor.compress_ids(rows, budget=jobs[0].budget)  # one key
         except CtxCompressError as exc:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)

@@ -113,8 +113,12 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
                 f"document {i} has {n} tokens; the limit is {service.max_context_tokens}. "
                 "Split it into parts and compress each.",
             )
+        if body.budget is not None:
+            service.check_budget(i, n, body.budget)
     ids = [
-        make_context_id(service.method, service.base_fingerprint, service.fingerprint, d)
+        make_context_id(
+            service.method, service.base_fingerprint, service.fingerprint, d, body.budget
+        )
         for d in docs
     ]
     missing: dict[str, tuple[str, list[int]]] = {}
@@ -125,7 +129,9 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
     entries: dict[str, dict[str, Any]] = {}
     if missing:
         try:
-            future = service.batcher.compress([doc_ids for _, doc_ids in missing.values()])
+            future = service.batcher.compress(
+                [doc_ids for _, doc_ids in missing.values()], body.budget
+            )
         except QueueFullError as exc:
             service.metrics.rejected.inc()
             raise APIError(
@@ -326,6 +332,8 @@ def _public(entry: dict[str, Any]) -> dict[str, Any]:
         "kind",
         "original_length",
         "compressed_length",
+        "ratio",
+        "budget",
         "bytes",
         "chars",
         "created",

@@ -35,6 +35,12 @@ class ContextsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     documents: list[str] | None = Field(None, description="Texts to compress.")
     text: str | None = Field(None, description="One text to compress (instead of documents).")
+    budget: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many entries per context: the ratio is chosen per "
+        "document (never below the compressor's trained ratio) and shown as 'ratio'.",
+    )
 
 
 class AnswersRequest(BaseModel):

@@ -57,6 +57,14 @@ class Service:
         here, then compressed as they are: tokenized once)."""
         return self.compressor.context_ids(text)
 
+    def check_budget(self, index: int, length: int, budget: int) -> None:
+        """Refuse (422) a token budget this document cannot be compressed into, before it
+        is queued (arithmetic only: safe beside the model thread)."""
+        try:
+            self.compressor.ratio_for_budget(length, budget)
+        except InvalidInputError as exc:
+            raise APIError(422, "invalid_budget", f"document {index}: {exc}") from None
+
     def check_new_tokens(self, value: int | None, name: str) -> int:
         limit = self.limits.max_new_tokens
         if value is None:

@@ -59,19 +59,25 @@ ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def context_id(method: str, base_model: str, compressor: str, text: str) -> str:
-    """The content address of ``text`` compressed by the compressor with these fingerprints."""
+def context_id(
+    method: str, base_model: str, compressor: str, text: str, budget: int | None = None
+) -> str:
+    """The content address of ``text`` compressed by the compressor with these fingerprints
+    (within a token ``budget``, if given: the same text at two budgets is two contexts)."""
     h = hashlib.sha256()
-    for part in (method, base_model, compressor):
+    parts = (method, base_model, compressor) + (() if budget is None else (f"budget={budget}",))
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     h.update(text.encode("utf-8", errors="surrogatepass"))
     return h.hexdigest()
 
 
-def id_for(compressor: Any, text: str) -> str:
+def id_for(compressor: Any, text: str, budget: int | None = None) -> str:
     """:func:`context_id` for a :class:`~ctxcompress.Compressor` object."""
-    return context_id(compressor.method, compressor.base_fingerprint, compressor.fingerprint, text)
+    return context_id(
+        compressor.method, compressor.base_fingerprint, compressor.fingerprint, text, budget
+    )
 
 
 def is_valid_id(value: str) -> bool:
@@ -271,6 +277,8 @@ class ContextStore:
             "compressed_length": ctx.compressed_length,
             "bytes": path.stat().st_size,
             "chars": ctx.meta.get("chars"),
+            "ratio": ctx.meta.get("ratio"),  # the one a budget chose, or the compressor's
+            "budget": ctx.meta.get("budget"),
             "created": created,
             "last_access": created,
         }
