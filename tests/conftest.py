@@ -44,6 +44,19 @@ def make_sac(base, **options):
     return cc.build_compressor("sac", base, **options)
 
 
+TINY_METHOD_OPTIONS: dict[str, dict] = {
+    "sac": {"lora_rank": 4},
+    "icae": {"lora_rank": 4},
+    "pic": {"lora_rank": 4},
+    "500x": {"lora_rank": 4},
+    "epl": {"lora_rank": 4},
+    "truncation": {},
+    "full_context": {},
+    "prompt_tuned": {"prompt_vectors": 3},
+}
+"""Options that build each method small enough for tiny-model tests."""
+
+
 def randomize_trainables(comp, seed: int = 1, scale: float = 0.05) -> None:
     """Give every trainable tensor (incl. zero-init LoRA B) non-trivial values."""
     gen = torch.Generator().manual_seed(seed)

@@ -17,20 +17,11 @@ from ctxcompress.models import BaseModel, sliding_window_problem
 from ctxcompress.shared_prefix import supports
 from ctxcompress.testing import tiny_model, tiny_tokenizer
 from ctxcompress.training import qa_example
-from tests.conftest import TEXT, randomize_trainables
+from tests.conftest import TEXT, TINY_METHOD_OPTIONS, randomize_trainables
 from tests.test_sac import degenerate_sac, reference_full_context
 
 SUPPORTED = ["llama", "qwen2", "qwen3", "mistral", "phi3"]
-OPTIONS = {
-    "sac": {"lora_rank": 4},
-    "icae": {"lora_rank": 4},
-    "pic": {"lora_rank": 4},
-    "500x": {"lora_rank": 4},
-    "epl": {"lora_rank": 4},
-    "truncation": {},
-    "full_context": {},
-    "prompt_tuned": {"prompt_vectors": 3},
-}
+OPTIONS = TINY_METHOD_OPTIONS
 QUESTIONS = ["Who wrote the report?", "Where did they meet?", "When?"]
 
 

@@ -9,17 +9,12 @@ import torch
 import ctxcompress as cc
 from ctxcompress.errors import InvalidInputError
 from ctxcompress.testing import tiny_model
-from tests.conftest import TEXT, randomize_trainables
+from tests.conftest import TEXT, TINY_METHOD_OPTIONS, randomize_trainables
 
-OPTIONS = {
-    "sac": {"lora_rank": 4},
-    "icae": {"lora_rank": 4},
-    "pic": {"lora_rank": 4},
-    "500x": {"lora_rank": 4},
-    "epl": {"lora_rank": 4},
-    "truncation": {},
-    "prompt_tuned": {"prompt_vectors": 3, "context": "truncation"},
-}
+# Every method whose length depends on the ratio (full context keeps everything; the
+# prompt-tuned bound is taken over truncation for the same reason).
+OPTIONS = {m: o for m, o in TINY_METHOD_OPTIONS.items() if m != "full_context"}
+OPTIONS["prompt_tuned"] = {**OPTIONS["prompt_tuned"], "context": "truncation"}
 
 
 def build(method: str, **extra) -> cc.Compressor:

@@ -38,7 +38,7 @@ from ctxcompress.cli import app as cli_app  # noqa: E402
 from ctxcompress.generation import greedy_generate  # noqa: E402
 from ctxcompress.serving import ContextStore, id_for  # noqa: E402
 from ctxcompress.serving.app import create_app  # noqa: E402
-from ctxcompress.serving.background import serve_in_thread  # noqa: E402
+from ctxcompress.serving.background import serve_in_thread, wait_until_healthy  # noqa: E402
 from ctxcompress.serving.schemas import ServeLimits  # noqa: E402
 from ctxcompress.serving.streaming import TextStream  # noqa: E402
 
@@ -526,15 +526,8 @@ def _start_cli_server(store: Path, port: int) -> subprocess.Popen:
         "--store", str(store), "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
+    wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=90)
+    return proc
 
 
 def test_killed_and_restarted_server_keeps_contexts_and_answers(tmp_path, ref, ref_contexts):

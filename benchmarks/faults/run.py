@@ -46,6 +46,8 @@ from typing import Any
 import httpx
 import yaml
 
+from ctxcompress.serving.background import wait_until_healthy
+
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WORDS = ["paris", "report", "anchor", "chunk", "river", "code", "box", "attic", "seven", "blue"]
@@ -98,16 +100,7 @@ def running_server(store: Path, port: int) -> Iterator[subprocess.Popen]:
         _ctxcompress(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start within 120 s")
-            time.sleep(0.1)
+        wait_until_healthy(f"http://127.0.0.1:{port}", proc)
         yield proc
     finally:
         if proc.poll() is None:

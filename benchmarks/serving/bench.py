@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -33,19 +32,10 @@ from tempfile import TemporaryDirectory
 
 import httpx
 
-DOCUMENT = (
-    "The committee met in Paris in 1987 and wrote a report about context compression. "
-    "It said that a trained compressor turns a long document into a few keys and values, "
-    "and that a frozen language model reads them instead of the full text. "
-)
-QUESTIONS = [
-    "Who wrote the report?",
-    "Where did the committee meet?",
-    "When was the report written?",
-    "What does a compressor produce?",
-    "What reads the compressed context?",
-    "What was the report about?",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the benchmarks package
+from benchmarks.serving.texts import DOCUMENT, QUESTIONS
+
+from ctxcompress.serving.background import wait_until_healthy
 
 
 def free_port() -> int:
@@ -71,17 +61,12 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if k != "CTXCOMPRESS_TOKEN"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + args.start_timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{proc.stdout.read().decode()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("server did not start in time")
-        time.sleep(0.2)
+    try:
+        wait_until_healthy(url, proc, args.start_timeout)
+    except RuntimeError as exc:
+        proc.kill()
+        raise SystemExit(str(exc)) from None
+    return proc, url
 
 
 def batch_totals(metrics: str) -> tuple[float, float]:

@@ -32,13 +32,8 @@ from tempfile import TemporaryDirectory
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.serving.bench import (
-    DOCUMENT,
-    QUESTIONS,
-    batch_totals,
-    free_port,
-    start_server,
-)
+from benchmarks.serving.bench import batch_totals, free_port, start_server
+from benchmarks.serving.texts import DOCUMENT, QUESTIONS
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 

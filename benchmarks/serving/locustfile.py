@@ -12,16 +12,10 @@ import os
 import random
 
 from locust import HttpUser, between, task
+from texts import QUESTIONS  # beside this file (locust puts its folder on sys.path)
 
 IDS = [i for i in os.environ.get("CTXCOMPRESS_LOAD_IDS", "").split(",") if i]
 MAX_NEW_TOKENS = int(os.environ.get("CTXCOMPRESS_LOAD_MAX_NEW_TOKENS", "16"))
-QUESTIONS = [
-    "Who wrote the report?",
-    "Where did the committee meet?",
-    "When was the report written?",
-    "What does a compressor produce?",
-    "What reads the compressed context?",
-]
 WORDS = ["paris", "report", "anchor", "chunk", "river", "code", "box", "attic", "seven", "blue"]
 
 

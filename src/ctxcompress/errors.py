@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import errno as errno_codes
 
+DISK_FULL_ERRNOS = (errno_codes.ENOSPC, errno_codes.EDQUOT, errno_codes.EFBIG)
+"""The operating system's ways of saying "no room": a full disk, a quota, a file too big."""
+
 
 class CtxCompressError(ValueError):
     """Base class of every user-facing error of ctxcompress."""
@@ -54,4 +57,4 @@ class StorageError(CtxCompressError, OSError):
 
     @property
     def disk_full(self) -> bool:
-        return self.errno in (errno_codes.ENOSPC, errno_codes.EDQUOT, errno_codes.EFBIG)
+        return self.errno in DISK_FULL_ERRNOS

@@ -1,9 +1,11 @@
-"""Run a service app in a background thread (for tests, notebooks and benchmarks)."""
+"""Run a service app in a background thread, or wait for one started as a process (for
+tests, notebooks and benchmarks)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,3 +34,22 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", timeout: float = 30.0)
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll ``<url>/healthz`` until it answers 200 (a ``ctxcompress serve`` process ready);
+    ``RuntimeError`` with the process's last output if it exits first, or after ``timeout``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            stream = proc.stdout or proc.stderr
+            output = stream.read().decode(errors="replace")[-3000:] if stream else ""
+            raise RuntimeError(f"the server exited with code {proc.returncode}:\n{output}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer {url}/healthz within {timeout:.0f} s")
+        time.sleep(0.1)

@@ -42,7 +42,13 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..context import CompressedContext
-from ..errors import ContextNotFoundError, CorruptFileError, InvalidInputError, StorageError
+from ..errors import (
+    DISK_FULL_ERRNOS,
+    ContextNotFoundError,
+    CorruptFileError,
+    InvalidInputError,
+    StorageError,
+)
 
 try:  # POSIX only; elsewhere the store is safe across threads but not across processes.
     import fcntl
@@ -170,16 +176,15 @@ class ContextStore:
             return None
 
     def _storage_error(self, action: str, exc: OSError) -> StorageError:
-        error = StorageError(
-            f"the context store {self.root} could not {action}: {exc.strerror or exc}", exc.errno
+        if exc.errno in DISK_FULL_ERRNOS:
+            hint = "free space on its disk or lower the store's size cap"
+        else:
+            hint = f"make {self.root} writable"
+        return StorageError(
+            f"the context store {self.root} could not {action}: {exc.strerror or exc} "
+            f"({hint}; nothing was half-written)",
+            exc.errno,
         )
-        hint = (
-            "free space on its disk or lower the store's size cap"
-            if error.disk_full
-            else f"make {self.root} writable"
-        )
-        error.args = (f"{error.args[0]} ({hint}; nothing was half-written)",)
-        return error
 
     @contextlib.contextmanager
     def _storage_errors(self, action: str) -> Iterator[None]:
@@ -189,7 +194,7 @@ class ContextStore:
         except StorageError:
             raise
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError | ContextNotFoundError):
+            if isinstance(exc, FileNotFoundError):  # (ContextNotFoundError is one)
                 raise
             raise self._storage_error(action, exc) from exc
 
@@ -402,7 +407,7 @@ class ContextStore:
             entry = self._entry(context_id, ctx, path, created=time.time())
             # The index is written before evicted files are removed: a failure leaves the
             # store exactly as it was (the new file is removed again, nothing evicted).
-            before = {cid: dict(e) for cid, e in self._entries.items()}
+            before = dict(self._entries)  # entries are replaced, never changed, in here
             self._entries[context_id] = entry
             evicted = self._evict(keep=context_id)
             try:

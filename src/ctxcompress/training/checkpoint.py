@@ -132,10 +132,12 @@ def prune(output_dir: Path, keep: int) -> None:
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines log; a line cut short by a crash is skipped."""
+    return _records(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def _records(text: str) -> list[dict[str, Any]]:
     records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             record = json.loads(line)
             if isinstance(record, dict):
@@ -148,9 +150,9 @@ def trim_log(path: Path, step: int) -> None:
     the resumed run), rewriting the file atomically; nothing to do when none is dropped."""
     if not path.is_file():
         return
-    records = read_log(path)
-    kept = [r for r in records if int(r.get("step", 0)) <= step]
     text = path.read_text(encoding="utf-8")
+    records = _records(text)
+    kept = [r for r in records if int(r.get("step", 0)) <= step]
     if len(kept) == len(records) and (not text or text.endswith("\n")):
         return
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
