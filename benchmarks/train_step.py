@@ -10,6 +10,12 @@ overrides, in the same run, and reports each variant's time as a ratio to the pl
     python benchmarks/train_step.py --steps 5 --out docs/benchmarks/train_step.json
     python benchmarks/train_step.py --methods sac,pic,icae \
         --variant "distill:distill.weight=1" --out docs/benchmarks/train_step_distill.json
+
+``plain_lora`` (in ``--methods``) is the reference a compressor's step is judged against: a
+plain LoRA fine-tuning step of the base model on the same examples (``prompt_tuned`` reading
+the full context, no prompt vectors, the SAC config's LoRA). ``--base-model`` and ``--dtype``
+time another model, e.g. ``random:llama-3.2-1b`` in bfloat16 on a GPU (benchmarks/gpu/run.sh);
+on CUDA each row adds the peak memory of the run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ctxcompress.bench.speed import synchronize
 from ctxcompress.methods import TRAINABLE_METHODS
 from ctxcompress.models import load_base_model
 from ctxcompress.training import Trainer, load_config
@@ -32,12 +39,17 @@ from ctxcompress.training import Trainer, load_config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package
 from benchmarks._common import smollm2_config
 
+PLAIN_LORA = "plain_lora"
+PLAIN_LORA_OPTIONS = "{context: full, prompt_vectors: 0, lora_rank: 32, lora_alpha: 64}"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--methods", default=",".join(TRAINABLE_METHODS))
+    parser.add_argument("--methods", default=",".join(TRAINABLE_METHODS), help=f"and {PLAIN_LORA}")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--base-model", default="embedded", help="any load_base_model spec")
+    parser.add_argument("--dtype", default="float32", help="weights dtype of the base model")
     parser.add_argument(
         "--set",
         action="append",
@@ -62,24 +74,36 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         for variant, overrides in variants.items():
-            rows.append(time_method(method, variant, [*args.set, *overrides], args.steps))
+            row = time_method(method, variant, [*args.set, *overrides], args)
+            rows.append(row)
             plain = next(r for r in rows if r["method"] == method and r["variant"] == "plain")
-            rows[-1]["ratio_to_plain"] = rows[-1]["s_per_step"] / plain["s_per_step"]
-            print(f"{method} {variant}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
+            row["ratio_to_plain"] = row["s_per_step"] / plain["s_per_step"]
+            print(f"{method} {variant}: {row['s_per_step']:.2f} s/step", flush=True)
+    reference = next((r for r in rows if r["method"] == PLAIN_LORA), None)
+    for r in rows:
+        r["ratio_to_plain_lora"] = r["s_per_step"] / reference["s_per_step"] if reference else None
     machine = {
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
         "processor": platform.processor(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "base_model": args.base_model,
+        "dtype": args.dtype,
     }
     table = [
-        "| method | variant | s / step (median) | x plain | tokens / s | batch |",
-        "|---|---|---|---|---|---|",
+        "| method | variant | s / step (median) | x plain | x plain LoRA step | tokens / s | "
+        "batch | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        lora = r["ratio_to_plain_lora"]
+        peak = r["peak_bytes"]
         table.append(
             f"| {r['method']} | {r['variant']} | {r['s_per_step']:.2f} | "
-            f"{r['ratio_to_plain']:.2f} | {r['tokens_per_s']:.0f} | {r['batch_size']} |"
+            f"{r['ratio_to_plain']:.2f} | {'-' if lora is None else f'{lora:.2f}'} | "
+            f"{r['tokens_per_s']:.0f} | {r['batch_size']} | "
+            f"{'-' if peak is None else f'{peak / 2**30:.2f}'} |"
         )
     print("\n".join(table))
     if args.out:
@@ -87,9 +111,14 @@ def main() -> None:
         args.out.write_text(json.dumps({"rows": rows, "machine": machine}, indent=2) + "\n")
 
 
-def time_method(method: str, variant: str, overrides: list[str], steps: int) -> dict:
+def time_method(method: str, variant: str, overrides: list[str], args: argparse.Namespace) -> dict:
     """Median seconds per step of one method under ``overrides`` (first step: warm-up)."""
-    config_path = smollm2_config(method)
+    steps = args.steps
+    if method == PLAIN_LORA:  # the SAC config's data, loop and LoRA, no compression
+        config_path = smollm2_config("sac")
+        overrides = ["method=prompt_tuned", f"method_options={PLAIN_LORA_OPTIONS}", *overrides]
+    else:
+        config_path = smollm2_config(method)
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             config_path,
@@ -106,15 +135,25 @@ def time_method(method: str, variant: str, overrides: list[str], steps: int) -> 
         last = [time.perf_counter()]
 
         def on_step(step: int, metrics: dict, times=times, tokens=tokens, last=last) -> None:
+            synchronize()
             now = time.perf_counter()
             if step > 1:  # the first step is warm-up
                 times.append(now - last[0])
                 tokens.append(metrics["tokens"])
             last[0] = now
 
-        trainer = Trainer(cfg, base_model=load_base_model("embedded"), on_step=on_step)
+        device = "cuda" if torch.cuda.is_available() else None  # where accelerate trains
+        base = load_base_model(args.base_model, dtype=args.dtype, device=device)
+        trainer = Trainer(cfg, base_model=base, on_step=on_step)
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         last[0] = time.perf_counter()
         trainer.run()
+        peak = torch.cuda.max_memory_allocated() if cuda else None
+        del trainer, base
+        if cuda:
+            torch.cuda.empty_cache()
     s = statistics.median(times)
     return {
         "method": method,
@@ -123,6 +162,7 @@ def time_method(method: str, variant: str, overrides: list[str], steps: int) -> 
         "batch_size": cfg.train.batch_size,
         "tokens_per_s": statistics.median(t / d for t, d in zip(tokens, times, strict=True)),
         "steps_timed": len(times),
+        "peak_bytes": peak,
         "overrides": overrides,
     }
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
+import ctxcompress as cc
 from ctxcompress.bench import BenchSettings, markdown_report, run_speed_benchmark
 from ctxcompress.cli import app
+from ctxcompress.errors import InvalidInputError, ModelLoadError
+from ctxcompress.models import load_tokenizer
 
 
 def test_speed_benchmark_rows_are_complete():
@@ -55,3 +60,36 @@ def test_bench_command_writes_json_and_table(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["rows"][0]["L"] == 64 and out.with_suffix(".md").is_file()
+
+
+def test_bench_records_device_and_dtype_and_refuses_missing_cuda(monkeypatch):
+    result = run_speed_benchmark(
+        BenchSettings(
+            lengths=(64,),
+            ratios=(4,),
+            repeats=1,
+            warmup=0,
+            max_new_tokens=2,
+            questions=2,
+            device="cpu",
+            dtype="bfloat16",
+        )
+    )
+    assert result["settings"]["device"] == "cpu" and result["settings"]["dtype"] == "bfloat16"
+    assert result["rows"][0]["compress_peak_bytes"] is None  # peak memory is a CUDA reading
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert BenchSettings().resolved() == ("cpu", "float32")
+    with pytest.raises(InvalidInputError, match="no CUDA device"):
+        BenchSettings(device="cuda").resolved()
+
+
+def test_random_shapes_have_the_real_models_sizes():
+    """``random:<shape>`` is a real model's shape with random weights (speed benchmarks)."""
+    base = cc.load_base_model("random:llama-3.2-1b", dtype="bfloat16", device="meta")
+    params = sum(p.numel() for p in base.model.parameters())
+    assert 1.23e9 < params < 1.24e9  # Llama-3.2-1B: 1.236B with tied embeddings
+    assert base.model.dtype == torch.bfloat16 and base.source == "random:llama-3.2-1b"
+    _, limit = load_tokenizer("random:llama-3.2-1b")
+    assert limit == 131072
+    with pytest.raises(ModelLoadError, match="known shapes: random:llama-3.2-1b"):
+        cc.load_base_model("random:gpt-9")

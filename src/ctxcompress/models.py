@@ -42,6 +42,8 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_EOS = "<|im_end|>"
 # Tiny random-init models for tests and smoke runs (``ctxcompress.tiny_models``), by name.
 TINY_MODELS = {"tiny": "llama"} | {f"tiny-{arch}": arch for arch in tiny_models.ARCHITECTURES}
+# Random-init models of real models' shapes, for speed benchmarks: ``random:llama-3.2-1b``.
+RANDOM_PREFIX = "random:"
 # Attention backends whose reading of a custom 4-D mask is tested (see masks.py).
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _CACHE_FORMAT = 1
@@ -78,7 +80,9 @@ def load_base_model(
 
     Args:
         spec: ``None``/``"embedded"`` for the embedded SmolLM2-135M-Instruct, a local folder,
-            a hub id (needs network), or an already loaded ``PreTrainedModel``.
+            a hub id (needs network), an already loaded ``PreTrainedModel``, ``"tiny"`` /
+            ``"tiny-<arch>"`` (test models), or ``"random:<shape>"``: random weights in a
+            real model's shape (``tiny_models.REAL_SHAPES``; speed benchmarks only).
         tokenizer: a tokenizer or where to load one from; defaults to the model's own.
         dtype: weights dtype (default float32; bfloat16 is sensible on GPUs).
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``: the backends whose custom
@@ -92,7 +96,7 @@ def load_base_model(
         )
     torch_dtype = resolve_dtype(dtype)
     if isinstance(spec, PreTrainedModel):
-        model = spec
+        model = spec if dtype is None else spec.to(torch_dtype)
         if model.config._attn_implementation not in SUPPORTED_ATTENTION:
             model.set_attn_implementation(attn_implementation)
         if tokenizer is None:
@@ -108,6 +112,16 @@ def load_base_model(
             TINY_MODELS[spec.lower()], tiny, attn_implementation=attn_implementation
         ).to(torch_dtype)
         tokenizer, source = tokenizer or tiny, spec
+    elif isinstance(spec, str) and spec.lower().startswith(RANDOM_PREFIX):
+        tiny = tiny_models.build_tokenizer()
+        model = tiny_models.build_shaped_lm(
+            _shape_name(spec),
+            tiny,
+            dtype=torch_dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+        )
+        tokenizer, source = tokenizer or tiny, spec.lower()
     elif isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
         folder = embedded_model_path()
         model = _from_pretrained(folder, torch_dtype, attn_implementation, local=True)
@@ -143,6 +157,10 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> tuple[PreTrainedTok
     number of positions, without loading its weights (data generators size texts with it)."""
     if isinstance(spec, str) and spec.lower() in TINY_MODELS:
         return prepare_tokenizer(tiny_models.build_tokenizer()), tiny_models.DEFAULT_MAX_POSITIONS
+    if isinstance(spec, str) and spec.lower().startswith(RANDOM_PREFIX):
+        shape = _shape_name(spec)
+        limit = tiny_models.REAL_SHAPES[shape]["max_position_embeddings"]
+        return prepare_tokenizer(tiny_models.build_tokenizer()), limit
     if isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
         where = str(embedded_model_path())
     else:
@@ -154,6 +172,14 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> tuple[PreTrainedTok
         raise ModelLoadError(f"Could not load a tokenizer and config from {where}: {exc}") from exc
     limit = getattr(config, "max_position_embeddings", None)
     return prepare_tokenizer(tokenizer), int(limit) if limit else 2**31
+
+
+def _shape_name(spec: str) -> str:
+    shape = spec.lower().removeprefix(RANDOM_PREFIX)
+    if shape not in tiny_models.REAL_SHAPES:
+        known = ", ".join(RANDOM_PREFIX + n for n in sorted(tiny_models.REAL_SHAPES))
+        raise ModelLoadError(f"Unknown model shape {spec!r}; known shapes: {known}.")
+    return shape
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

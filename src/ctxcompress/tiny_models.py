@@ -131,3 +131,73 @@ def build_lm(
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+# Real models' shapes, for speed and memory benchmarks with random weights: speed does not
+# depend on the weights, so a random-init model of Llama-3.2-1B's shape times what the real
+# one would (``load_base_model("random:llama-3.2-1b")``). The tokenizer is the local tiny one
+# (its ids are a subset of the real vocabulary); the LM head keeps the real vocabulary size.
+REAL_SHAPES: dict[str, dict] = {  # Llama-architecture models, by name
+    "llama-3.2-1b": dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def build_shaped_lm(
+    shape: str,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A frozen random-init model of a real model's shape (one of :data:`REAL_SHAPES`),
+    built directly on ``device`` in ``dtype`` (a 1B model never passes through CPU float32)."""
+    if shape not in REAL_SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; use one of {sorted(REAL_SHAPES)}")
+    fields = REAL_SHAPES[shape]
+    if len(tokenizer) > fields["vocab_size"]:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} ids, the {shape} shape only {fields['vocab_size']}"
+        )
+    config = LlamaConfig(
+        **fields,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=attn_implementation,
+    )
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device or "cpu"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval()
+    model.requires_grad_(False)
+    return model

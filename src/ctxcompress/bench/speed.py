@@ -15,6 +15,10 @@ For each context length L and ratio r (one method, default SAC) it measures, as 
 
 Decoding is forced to ``max_new_tokens`` tokens (EOS ignored) so every system decodes the
 same number of tokens. Numbers from one run are comparable; across runs they are not.
+
+On CUDA every timed call is bracketed by ``torch.cuda.synchronize()`` (kernels run
+asynchronously) and each row adds the peak GPU memory of compression and of the plain
+prefill. ``base_model="random:llama-3.2-1b"`` times a real model's shape with random weights.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 import ctxcompress as cc
 
 from ..context import CompressedContext
+from ..errors import InvalidInputError
 from ..generation import greedy_generate
 from ..methods.base import Compressor
 from ..models import BaseModel
@@ -49,6 +54,31 @@ class BenchSettings:
     max_new_tokens: int = 16
     questions: int = 16
     method_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    """``"auto"`` (CUDA when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``..."""
+    dtype: str = "auto"
+    """``"auto"`` (bfloat16 on CUDA, float32 on the CPU) or a dtype name."""
+
+    def resolved(self) -> tuple[str, str]:
+        """The device and dtype names this run uses."""
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidInputError(
+                f"device={device!r} but torch {torch.__version__} sees no CUDA device; "
+                "use --device cpu (or auto)."
+            )
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        return device, dtype
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA kernels (a no-op without CUDA): timers must not stop early."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -57,10 +87,23 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
         fn()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak CUDA memory allocated while ``fn()`` runs (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize()
+    return torch.cuda.max_memory_allocated(device)
 
 
 def document_ids(base: BaseModel, length: int) -> list[int]:
@@ -112,6 +155,8 @@ def bench_one(
             comp.merge_encoder(True)
             merged_s = median_seconds(lambda: comp.compress_ids([ids]), s.repeats, s.warmup)
             comp.merge_encoder(False)
+        compress_peak = peak_memory_bytes(lambda: comp.compress_ids([ids]), comp.device)
+        prefill_peak = peak_memory_bytes(lambda: plain.compress_ids([ids]), comp.device)
         (ctx,) = comp.compress_ids([ids])
         (full,) = plain.compress_ids([ids])
         (limit,) = plain.compress_ids([ids[: ctx.compressed_length]])
@@ -134,6 +179,8 @@ def bench_one(
         "compress_merged_s": merged_s,
         "compress_merged_vs_prefill": merged_s / prefill_s if merged_s else None,
         "merged_extra_bytes": comp.merged_encoder_bytes,
+        "compress_peak_bytes": compress_peak,
+        "prefill_peak_bytes": prefill_peak,
         "compress_tokens_per_s": length / compress_s,
         "prefill_tokens_per_s": length / prefill_s,
         "answer": answer,
@@ -156,8 +203,9 @@ def run_speed_benchmark(
 ) -> dict[str, Any]:
     """Run the grid; returns a JSON-able dict with settings, machine and rows."""
     rows = []
+    device, dtype = s.resolved()
     for ratio in s.ratios:
-        base = cc.load_base_model(s.base_model)
+        base = cc.load_base_model(s.base_model, dtype=dtype, device=device)
         comp = cc.build_compressor(s.method, base, ratio=ratio, **s.method_options)
         plain = cc.build_compressor(
             "full_context",
@@ -182,11 +230,15 @@ def run_speed_benchmark(
                     f"{row['batched_speedup']:.1f}"
                 )
     return {
-        "settings": asdict(s) | {"lengths": list(s.lengths), "ratios": list(s.ratios)},
+        "settings": asdict(s)
+        | {"lengths": list(s.lengths), "ratios": list(s.ratios), "device": device, "dtype": dtype},
         "machine": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(),
+            "device_name": torch.cuda.get_device_name(device)
+            if device.startswith("cuda")
+            else platform.processor() or "cpu",
             "platform": platform.platform(),
         },
         "rows": rows,
@@ -198,9 +250,9 @@ def markdown_report(result: dict[str, Any]) -> str:
     head = (
         "| L | r | C | compress / prefill | same, merged LoRA | answer / plain prompt of C | "
         "answer / full context | TTFT ms (C / full) | decode tok/s | KV bytes / expected | "
-        "16 q batched speed-up |"
+        "16 q batched speed-up | peak GiB (compress / prefill) |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in result["rows"]:
         merged = r.get("compress_merged_vs_prefill")
         lines.append(
@@ -210,6 +262,12 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"{1000 * r['answer']['ttft_s']:.0f} / "
             f"{1000 * r['answer_full_context']['ttft_s']:.0f} | "
             f"{r['answer']['decode_tokens_per_s']:.0f} | {r['kv_bytes_vs_expected']:.3f} | "
-            f"{r['batched_speedup']:.1f}x |"
+            f"{r['batched_speedup']:.1f}x | {_peaks(r)} |"
         )
     return "\n".join(lines)
+
+
+def _peaks(row: dict[str, Any]) -> str:
+    if row.get("compress_peak_bytes") is None:
+        return "-"
+    return f"{row['compress_peak_bytes'] / 2**30:.2f} / {row['prefill_peak_bytes'] / 2**30:.2f}"

@@ -170,9 +170,20 @@ def report(
 @user_errors
 def bench(
     base_model: Annotated[
-        str, typer.Option("--base-model", help="'tiny', 'embedded' (SmolLM2-135M), a folder or id.")
+        str,
+        typer.Option(
+            "--base-model",
+            help="'tiny', 'embedded' (SmolLM2-135M), a folder or id, or 'random:llama-3.2-1b' "
+            "(random weights in a real model's shape: speed does not depend on the weights).",
+        ),
     ] = "tiny",
     method: Annotated[str, typer.Option(help="Method to measure.")] = "sac",
+    device: Annotated[
+        str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    ] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="'auto' (bfloat16 on CUDA, float32 on the CPU) or a dtype name.")
+    ] = "auto",
     lengths: Annotated[str, typer.Option(help="Context lengths L, comma-separated.")] = (
         "512,2048,8192"
     ),
@@ -199,6 +210,8 @@ def bench(
         ratios=tuple(int(x) for x in ratios.split(",")),
         repeats=repeats,
         max_new_tokens=max_new_tokens,
+        device=device,
+        dtype=dtype,
     )
     result = run_speed_benchmark(settings, progress=lambda m: err_console.print(m))
     table = markdown_report(result)

@@ -20,7 +20,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from ..errors import CorruptFileError, ModelLoadError
-from ..models import BaseModel, load_base_model
+from ..models import BaseModel, load_base_model, resolve_dtype
 from ..version import __version__
 
 if TYPE_CHECKING:
@@ -101,6 +101,9 @@ class PersistenceMixin:
         config = cls.config_class.from_dict(header["config"], saved=True)
         if isinstance(base_model, BaseModel):
             base = base_model
+            device, dtype = load_kwargs.get("device"), load_kwargs.get("dtype")
+            if device is not None or dtype is not None:  # they apply to a given model too
+                base.model.to(device=device, dtype=resolve_dtype(dtype) if dtype else None)
         else:
             base = load_base_model(
                 base_model or header["base_model"]["source"], tokenizer=tokenizer, **load_kwargs
