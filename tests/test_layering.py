@@ -21,6 +21,8 @@ PRIMITIVES = (
     "ctxcompress.models",
     "ctxcompress.positions",
     "ctxcompress.masks",
+    "ctxcompress.rope",
+    "ctxcompress.quantization",
     "ctxcompress.context",
 )
 UPPER_LAYERS = (

@@ -6,11 +6,14 @@ the frozen decoder uses as its KV cache, or a short sequence of input embeddings
 and compressor made it, which base model it belongs to, the original length L (the decoder
 continues from position L) and the compressed length.
 
-On disk it is a single safetensors file whose header metadata holds a JSON description.
+On disk it is a single safetensors file whose header metadata holds a JSON description;
+``save(path, quantize="int8")`` stores the tensors as int8 with float32 scales
+(:mod:`ctxcompress.quantization`, format 2) and ``load`` dequantizes them to their dtype.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,10 +26,16 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as tensors_to_bytes
 from transformers import DynamicCache, PretrainedConfig
 
+from . import quantization
 from .atomic import write_bytes_atomic
 from .errors import ContextMismatchError, ContextNotFoundError, CorruptFileError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest context format this version reads. Plain contexts are written as format 1
+(readable by every version); quantized ones as format 2, so that a reader from before
+quantization refuses them instead of reading int8 values as keys."""
+_PLAIN_FORMAT, _QUANTIZED_FORMAT = 1, 2
+_STORED = ("keys", "values", "embeds")
 _META_KEY = "ctxcompress"
 
 
@@ -179,7 +188,7 @@ class CompressedContext:
     # ------------------------------------------------------------------ persistence
     def header(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": _PLAIN_FORMAT,
             "kind": self.kind,
             "method": self.method,
             "base_model": self.base_model,
@@ -189,18 +198,50 @@ class CompressedContext:
             "meta": self.meta,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the context as one safetensors file (atomically: no half-written files;
-        an ``OSError`` such as ENOSPC leaves the previous file, if any, untouched)."""
-        path = Path(path)
-        tensors = {
-            "keys": self.keys,
-            "values": self.values,
-            "embeds": self.embeds,
-            "positions": self.positions,
+    def as_stored(self, quantize: str | None = None) -> CompressedContext:
+        """The context exactly as :meth:`load` returns it after ``save(..., quantize=...)``:
+        itself without quantization, else a copy rounded through the stored form (same dtype
+        and device), so that a cache holds what a reload would give."""
+        if quantization.check_scheme(quantize) is None:
+            return self
+        rounded = {
+            n: quantization.dequantize(n, *quantization.quantize(n, t), t.dtype).to(t.device)
+            for n in _STORED
+            if (t := getattr(self, n)) is not None
         }
+        return dataclasses.replace(self, **rounded, meta=dict(self.meta))
+
+    def stored_bytes(self, quantize: str | None = None) -> int:
+        """Bytes of the tensors as :meth:`save` would store them (without the header)."""
+        quantization.check_scheme(quantize)
+        tensors = {n: getattr(self, n) for n in _STORED if getattr(self, n) is not None}
+        if quantize is None:
+            return self.num_bytes
+        return sum(quantization.quantized_bytes(n, t) for n, t in tensors.items())
+
+    def save(self, path: str | os.PathLike, *, quantize: str | None = None) -> Path:
+        """Write the context as one safetensors file (atomically: no half-written files;
+        an ``OSError`` such as ENOSPC leaves the previous file, if any, untouched).
+
+        ``quantize="int8"`` stores keys, values or embeddings as int8 with float32 scales
+        (about 4x smaller than float32; :mod:`ctxcompress.quantization`); :meth:`load`
+        restores them, in their dtype, to within half a quantization step."""
+        path = Path(path)
+        header = self.header()
+        tensors = {n: getattr(self, n) for n in (*_STORED, "positions")}
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items() if v is not None}
-        data = tensors_to_bytes(tensors, metadata={_META_KEY: json.dumps(self.header())})
+        if quantization.check_scheme(quantize):
+            header["format_version"] = _QUANTIZED_FORMAT
+            header["quantization"] = {
+                "scheme": quantize,
+                "dtype": str(tensors["keys" if self.kind == "kv" else "embeds"].dtype),
+            }
+            for name in _STORED:
+                if name in tensors:
+                    tensors[name], tensors[f"{name}.scale"] = quantization.quantize(
+                        name, tensors[name]
+                    )
+        data = tensors_to_bytes(tensors, metadata={_META_KEY: json.dumps(header)})
         return write_bytes_atomic(path, data)  # a full disk raises OSError(ENOSPC), not half a file
 
     @classmethod
@@ -249,12 +290,14 @@ class CompressedContext:
             wrong.append("meta is not an object")
         if wrong:
             raise CorruptFileError(f"{path} has a damaged header: {'; '.join(wrong)}.")
+        if header["format_version"] > FORMAT_VERSION:
+            raise CorruptFileError(
+                f"{path} uses context format {header['format_version']}; this ctxcompress "
+                f"reads up to {FORMAT_VERSION}. Upgrade ctxcompress."
+            )
+        if "quantization" in header:
+            tensors = _dequantized(path, header["quantization"], tensors)
         try:
-            if header["format_version"] > FORMAT_VERSION:
-                raise CorruptFileError(
-                    f"{path} uses context format {header['format_version']}; this ctxcompress "
-                    f"reads up to {FORMAT_VERSION}. Upgrade ctxcompress."
-                )
             ctx = cls(
                 kind=header["kind"],
                 method=header["method"],
@@ -283,3 +326,22 @@ class CompressedContext:
             f"L={self.original_length}, C={self.compressed_length}, ratio={self.ratio:.2f}, "
             f"base_model={self.base_model!r})"
         )
+
+
+def _dequantized(
+    path: Path, spec: Any, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The float tensors of a quantized file (``CorruptFileError`` on a damaged one)."""
+    spec = spec if isinstance(spec, dict) else {}
+    dtype = getattr(torch, str(spec.get("dtype")).removeprefix("torch."), None)
+    if spec.get("scheme") not in quantization.SCHEMES or not isinstance(dtype, torch.dtype):
+        raise CorruptFileError(f"{path} has a damaged quantization header: {spec!r}.")
+    out = {k: v for k, v in tensors.items() if not k.endswith(".scale")}
+    for name in _STORED:
+        if name in tensors:
+            try:
+                scale = tensors[f"{name}.scale"]
+                out[name] = quantization.dequantize(name, tensors[name], scale, dtype)
+            except (KeyError, ValueError) as exc:
+                raise CorruptFileError(f"{path}: quantized {name!r} is damaged: {exc}") from exc
+    return out

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidInputError
+from ..quantization import check_scheme
 from ._common import (
     BaseModelOpt,
     DeviceOpt,
@@ -74,6 +75,26 @@ def eval_command(
         Path | None,
         typer.Option("--out", "-o", help="Write every prediction (JSON) + a Markdown table."),
     ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="'int8': answer from each context as int8 storage returns it."),
+    ] = None,
+    at_ratio: Annotated[
+        int | None,
+        typer.Option(
+            "--at-ratio",
+            min=1,
+            help="Compress at this ratio instead of the compressor's own (at least its trained "
+            "ratio), e.g. with a compressor trained with train.ratios.",
+        ),
+    ] = None,
+    compose_passages: Annotated[
+        bool,
+        typer.Option(
+            help="Compress each passage (blank-line separated) once and answer from their "
+            "composition instead of compressing the joined context."
+        ),
+    ] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -86,6 +107,7 @@ def eval_command(
     from ..data import load_qa, load_summarization
     from ..evaluation import evaluate, markdown_table
 
+    check_scheme(quantize)
     loader_options = parse_options(data_options)
     is_summary = data.startswith("aclsum:")
     load = load_summarization if is_summary else load_qa
@@ -99,12 +121,18 @@ def eval_command(
         device=device,
         options=parse_options(options),
     )
+    shown_ratio = at_ratio or comp.config.ratio
+    default_label = f"{comp.method}@{shown_ratio}x" + (f"+{quantize}" if quantize else "")
+    default_label += "+composed" if compose_passages else ""
     result = evaluate(
         comp,
         examples,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        label=label or f"{comp.method}@{comp.config.ratio}x",
+        label=label or default_label,
+        quantize=quantize,
+        compose_passages=compose_passages,
+        ratio=at_ratio,
     )
     console.print(markdown_table([result]))
     if out is not None:

@@ -79,6 +79,13 @@ def serve(
         int | None,
         typer.Option(min=1, help="Size cap of the store; least recently used contexts go first."),
     ] = None,
+    store_quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="'int8': store contexts as int8 with float32 scales (~4x smaller than "
+            "float32); answers then always read the dequantized context."
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body (413 beyond).")
     ] = 4 * 1024 * 1024,
@@ -146,6 +153,7 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         max_store_bytes=max_store_bytes,
+        store_quantize=store_quantize,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         err_console.print(

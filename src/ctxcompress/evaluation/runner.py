@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
+from ..context import CompressedContext
 from ..data.records import QAExample, SummarizationExample
 from ..errors import InvalidInputError
 from ..methods.base import Compressor
@@ -59,11 +61,11 @@ class EvalResult:
         """Write the JSON (every prediction) next to a Markdown table (``.md``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
         text = markdown_table([self])
         if self.subsets:
             text += "\n\nPer subset:\n\n" + subset_table(self)
-        path.with_suffix(".md").write_text(text + "\n")
+        write_text_atomic(path.with_suffix(".md"), text + "\n")
         return path
 
     @classmethod
@@ -88,8 +90,38 @@ def evaluate(
     summary_question: str | None = None,
     progress: bool = True,
     label: str | None = None,
+    quantize: str | None = None,
+    compose_passages: bool = False,
+    ratio: int | None = None,
+    build_contexts: Callable[[Sequence[str]], list[CompressedContext]] | None = None,
 ) -> EvalResult:
-    """Compress each example's context, answer its question, score the answers."""
+    """Compress each example's context, answer its question, score the answers.
+
+    ``quantize="int8"`` answers from each context as it would come back from int8 storage
+    (``CompressedContext.as_stored``): the quality cost of quantized storage.
+    ``compose_passages=True`` splits each context into its passages (blocks separated by a
+    blank line), compresses every distinct passage once (reused across examples) and
+    answers from their composition (:meth:`Compressor.compose`), instead of compressing the
+    joined text: the cost and the reuse of composition (``info["passages"]``).
+    ``ratio``: compress at this ratio instead of the compressor's own (at least its trained
+    one; e.g. a compressor trained with ``train.ratios``). ``build_contexts``: how a batch
+    of context texts becomes compressed contexts (default ``comp.compress``), for measuring
+    other ways of building them (benchmarks/building_blocks)."""
+    if ratio is not None:
+        with comp.at_ratio(ratio):
+            return evaluate(
+                comp,
+                examples,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                stop=stop,
+                summary_question=summary_question,
+                progress=progress,
+                label=label,
+                quantize=quantize,
+                compose_passages=compose_passages,
+                build_contexts=build_contexts,
+            )
     if not examples:
         raise InvalidInputError("nothing to evaluate: the example list is empty")
     summarization = isinstance(examples[0], SummarizationExample)
@@ -97,6 +129,9 @@ def evaluate(
         raise InvalidInputError("mixed QA and summarisation examples in one evaluation")
     predictions: list[Prediction] = []
     timing = {"compress": 0.0, "generate": 0.0}
+    stored_bytes: list[int] = []  # each context as saved (quantized or not)
+    passages = _PassageCache(comp) if compose_passages else None
+    build = passages.contexts if passages else build_contexts or comp.compress
     bar = tqdm(
         total=len(examples),
         desc=f"eval {label or comp.method}",
@@ -113,8 +148,10 @@ def evaluate(
             questions = [e.question for e in batch]
             golds = [list(e.answers) for e in batch]
         start = time.perf_counter()
-        compressed = comp.compress(contexts)
+        compressed = build(contexts)
         timing["compress"] += time.perf_counter() - start
+        stored_bytes += [c.stored_bytes(quantize) for c in compressed]
+        compressed = [c.as_stored(quantize) for c in compressed]
         start = time.perf_counter()
         answers = comp.generate(
             compressed, questions, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size
@@ -164,8 +201,29 @@ def evaluate(
             "max_new_tokens": max_new_tokens,
             "compressor": comp.fingerprint,
             "config_ratio": comp.config.ratio,
+            "ratio_in_effect": comp.ratio,
+            "quantize": quantize,
+            "mean_stored_bytes": statistics.fmean(stored_bytes),
+            "passages": passages.counts if passages else None,
         },
     )
+
+
+class _PassageCache:
+    """Each distinct passage compressed once; contexts answered from their composition."""
+
+    def __init__(self, comp: Compressor) -> None:
+        self.comp, self.cache = comp, {}
+        self.counts = {"used": 0, "compressed": 0}
+
+    def contexts(self, texts: Sequence[str]) -> list[Any]:
+        split = [[p for p in text.split("\n\n") if p.strip()] or [text] for text in texts]
+        new = list(dict.fromkeys(p for parts in split for p in parts if p not in self.cache))
+        if new:
+            self.cache.update(zip(new, self.comp.compress(new), strict=True))
+        self.counts["used"] += sum(len(parts) for parts in split)
+        self.counts["compressed"] += len(new)
+        return [self.comp.compose([self.cache[p] for p in parts]) for parts in split]
 
 
 def _average(predictions: Sequence[Prediction]) -> dict[str, Any]:

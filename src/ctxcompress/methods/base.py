@@ -29,9 +29,11 @@ from ..generation import DecoderPrompt, build_decoder_batch
 from ..models import BaseModel, cache_kwargs, max_positions, sliding_window_problem
 from ..positions import sink_count
 from .answering import AnsweringMixin
+from .assembly import AssemblyMixin
 from .budget import BudgetMixin
 from .config import LEGACY_DEFAULTS, CompressorConfig
 from .encoding import prefill_kv
+from .extension import tail_ids
 from .lora import EncoderAdapterMixin, inject_lora
 from .loss import TrainingLossMixin
 from .persistence import PersistenceMixin
@@ -45,6 +47,7 @@ class Compressor(
     AnsweringMixin,
     PersistenceMixin,
     BudgetMixin,
+    AssemblyMixin,
     nn.Module,
 ):
     """Base class: a frozen base LM, a LoRA encoder adapter and a learned ``[LM]`` embedding."""
@@ -241,26 +244,39 @@ class Compressor(
         raise NotImplementedError
 
     def compress(
-        self, texts: str | Sequence[str], *, budget: int | None = None
+        self,
+        texts: str | Sequence[str],
+        *,
+        budget: int | None = None,
+        keep_tail: bool = False,
     ) -> CompressedContext | list[CompressedContext]:
         """Compress one text (-> one context) or a list of texts (-> list, encoded together).
 
         ``budget``: at most this many entries per context; the ratio is chosen per document
-        (:meth:`ratio_for_budget`) and recorded in ``ctx.meta["ratio"]``.
+        (:meth:`ratio_for_budget`) and recorded in ``ctx.meta["ratio"]``. ``keep_tail``:
+        record the last partial chunk's token ids, so that :meth:`extend` grows the context
+        exactly as if the whole text had been compressed (SAC; see :mod:`.extension`).
         """
         single = isinstance(texts, str)
         items = [texts] if single else texts
         if not single and (not isinstance(items, Sequence) or not items):
             raise InvalidInputError("compress() takes a str or a non-empty list of str")
         ids = [self.context_ids(t) for t in items]
-        contexts = self.compress_ids(ids, budget=budget)
+        contexts = self.compress_ids(ids, budget=budget, keep_tail=keep_tail)
         return contexts[0] if single else contexts
 
     def compress_ids(
-        self, contexts: Sequence[Sequence[int]], *, budget: int | None = None
+        self,
+        contexts: Sequence[Sequence[int]],
+        *,
+        budget: int | None = None,
+        keep_tail: bool = False,
     ) -> list[CompressedContext]:
         """Compress tokenized contexts for inference (no gradients, adapter active); with a
-        ``budget``, each at the ratio that keeps it within that many entries."""
+        ``budget``, each at the ratio that keeps it within that many entries; ``keep_tail``
+        as in :meth:`compress`."""
+        if keep_tail:
+            self._check_extensible()
         vocab = self.lm.get_input_embeddings().num_embeddings
         for ids in contexts:
             if len(ids) == 0:
@@ -292,6 +308,8 @@ class Compressor(
                     for i, ctx in zip(rows, encoded, strict=True):
                         if budget is not None:
                             ctx.meta["budget"] = budget
+                        if keep_tail:
+                            ctx.meta["tail_ids"] = tail_ids(contexts[i], self.config.chunk_size)
                         out[i] = ctx.detach()
         finally:
             self.train(was_training)

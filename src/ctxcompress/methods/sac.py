@@ -71,6 +71,7 @@ class SACCompressor(Compressor):
     method = "sac"
     config_class = SACConfig
     context_kind = "kv"
+    supports_extension = True
     config: SACConfig
 
     def __init__(self, base: BaseModel, config: SACConfig | None = None) -> None:
@@ -112,27 +113,36 @@ class SACCompressor(Compressor):
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk_start)
         return random_anchor_offsets(chunk_len, self.ratio, generator, sink)
 
-    def _plan(self, contexts: Sequence[Sequence[int]]) -> list[_Chunk]:
-        """The chunks to encode; a first chunk whose whole budget went to sink tokens has no
-        anchors and is not encoded."""
+    def _plan(self, contexts: Sequence[Sequence[int]], starts: Sequence[int]) -> list[_Chunk]:
+        """The chunks to encode (document ``d``'s first token is token ``starts[d]`` of its
+        text); a first chunk whose whole budget went to sink tokens has no anchors and is
+        not encoded."""
         chunks = []
-        for doc, ids in enumerate(contexts):
+        for doc, (ids, first) in enumerate(zip(contexts, starts, strict=True)):
             for start, end in chunk_spans(len(ids), self.config.chunk_size):
-                offsets = self.anchor_offsets(start, end - start)
+                offsets = self.anchor_offsets(first + start, end - start)
                 if offsets:
-                    chunks.append(_Chunk(doc, start, list(ids[start:end]), offsets))
+                    chunks.append(_Chunk(doc, first + start, list(ids[start:end]), offsets))
         return chunks
 
-    def encode_ids(self, contexts: Sequence[Sequence[int]]) -> list[CompressedContext]:
-        """Compress tokenized contexts (with gradients unless called under no_grad)."""
-        chunks = self._plan(contexts)
-        sinks = self.sink_kv(contexts)
+    def encode_ids(
+        self, contexts: Sequence[Sequence[int]], starts: Sequence[int] | None = None
+    ) -> list[CompressedContext]:
+        """Compress tokenized contexts (with gradients unless called under no_grad).
+
+        ``starts[d]``: where in its text document ``d`` begins (default 0). A continuation
+        (``starts[d] > 0``, :mod:`.extension`) is encoded with the global positions and chunk
+        places it has in the whole text, and has no sink (that belongs to the text's start);
+        its context stands for the whole text up to its end."""
+        starts = list(starts) if starts is not None else [0] * len(contexts)
+        chunks = self._plan(contexts, starts)
+        sinks = self.sink_kv([[] if s else ids for ids, s in zip(contexts, starts, strict=True)])
         with self.encoder_mode():
             per_chunk = encode_in_length_batches(
                 chunks, self.config.encoder_batch_size, lambda c: len(c.ids), self._encode_chunks
             )
         out = []
-        for doc, ids in enumerate(contexts):
+        for doc, (ids, first) in enumerate(zip(contexts, starts, strict=True)):
             doc_chunks = [i for i, c in enumerate(chunks) if c.doc == doc]
             sink_k, sink_v = sinks[doc]
             anchors = [
@@ -145,7 +155,8 @@ class SACCompressor(Compressor):
             )
             k = torch.cat([sink_k, *(per_chunk[i][0].permute(1, 2, 0, 3) for i in doc_chunks)], 2)
             v = torch.cat([sink_v, *(per_chunk[i][1].permute(1, 2, 0, 3) for i in doc_chunks)], 2)
-            out.append(self._new_context(len(ids), keys=k, values=v, positions=positions))
+            context = self._new_context(first + len(ids), keys=k, values=v, positions=positions)
+            out.append(context)
         return out
 
     def _encode_chunks(self, chunks: list[_Chunk]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -51,6 +51,7 @@ def create_app(
     max_wait_ms: float = 5.0,
     max_queue: int = 256,
     max_store_bytes: int | None = None,
+    store_quantize: str | None = None,
 ) -> FastAPI:
     """The service app over a compressor and a store folder.
 
@@ -62,9 +63,10 @@ def create_app(
         limits: request limits (:class:`ServeLimits`).
         max_batch, max_wait_ms, max_queue: dynamic batching (:class:`~.batcher.Batcher`).
         max_store_bytes: LRU size cap of the store (``None``: none).
+        store_quantize: ``"int8"``: store contexts quantized (see :class:`ContextStore`).
     """
     limits = limits or ServeLimits()
-    store = ContextStore(store_dir, max_bytes=max_store_bytes)
+    store = ContextStore(store_dir, max_bytes=max_store_bytes, quantize=store_quantize)
     batcher = Batcher(compressor, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
     service = Service(compressor, store, batcher, limits)
 

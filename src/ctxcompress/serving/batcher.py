@@ -80,14 +80,28 @@ class AnswerJob:
 class CompressJob:
     token_ids: list[list[int]]
     budget: int | None = None
+    keep_tail: bool = False
     future: Future = field(default_factory=Future)
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return ("compress", self.budget)
+        return ("compress", self.budget, self.keep_tail)
 
 
-Job = AnswerJob | CompressJob
+@dataclass
+class CallJob:
+    """Any other work with the compressor (e.g. growing a context), run alone on the model
+    thread: ``fn()``'s result or exception goes to the future."""
+
+    fn: Callable[[], Any]
+    future: Future = field(default_factory=Future)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return ("call", id(self))
+
+
+Job = AnswerJob | CompressJob | CallJob
 
 
 class Batcher:
@@ -170,11 +184,20 @@ class Batcher:
             self._cond.notify()
         return [job.future for job in jobs]
 
-    def compress(self, token_ids: Sequence[Sequence[int]], budget: int | None = None) -> Future:
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn()`` on the model thread (see :class:`CallJob`)."""
+        return self.submit([CallJob(fn)])[0]
+
+    def compress(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        budget: int | None = None,
+        keep_tail: bool = False,
+    ) -> Future:
         """Queue tokenized documents (``Compressor.context_ids``, as the request thread
         checked them) to compress, within a token ``budget`` if given; the future resolves
         to a list of contexts."""
-        return self.submit([CompressJob([list(ids) for ids in token_ids], budget)])[0]
+        return self.submit([CompressJob([list(ids) for ids in token_ids], budget, keep_tail)])[0]
 
     # ------------------------------------------------------------------ the worker
     def _take(self) -> list[Job]:
@@ -209,6 +232,8 @@ class Batcher:
                 try:
                     if key[0] == "compress":
                         self._run_compress(group)  # type: ignore[arg-type]
+                    elif key[0] == "call":
+                        self._run_call(group[0])  # type: ignore[arg-type]
                     else:
                         self._run_answers(group)  # type: ignore[arg-type]
                 except BaseException as exc:  # never let the worker die
@@ -255,11 +280,21 @@ class Batcher:
         for job, generation in zip(jobs, generations, strict=True):
             job.future.set_result(Answer.of(generation))
 
+    def _run_call(self, job: CallJob) -> None:
+        try:
+            result = job.fn()
+        except CtxCompressError as exc:  # the request's fault: its error, no stack trace
+            job.future.set_exception(exc)
+            return
+        job.future.set_result(result)
+
     def _run_compress(self, jobs: list[CompressJob]) -> None:
         rows = [ids for job in jobs for ids in job.token_ids]
         start = time.perf_counter()
         try:
-            contexts = self.compressor.compress_ids(rows, budget=jobs[0].budget)  # one key
+            contexts = self.compressor.compress_ids(  # one key: one budget and tail setting
+                rows, budget=jobs[0].budget, keep_tail=jobs[0].keep_tail
+            )
         except CtxCompressError as exc:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 from starlette.concurrency import run_in_threadpool
 
+from ..context import CompressedContext
 from ..errors import (
     CtxCompressError,
 )
@@ -28,8 +29,10 @@ from .schemas import (
     AnswersRequest,
     ChatMessage,
     ChatRequest,
+    ComposedAnswersRequest,
     ContextsRequest,
     ErrorBody,
+    ExtendRequest,
 )
 from .service import Service
 from .store import context_id as make_context_id
@@ -115,12 +118,12 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
             )
         if body.budget is not None:
             service.check_budget(i, n, body.budget)
-    ids = [
-        make_context_id(
-            service.method, service.base_fingerprint, service.fingerprint, d, body.budget
+    if body.extendable and not service.compressor.supports_extension:
+        raise APIError(
+            422, "invalid_request", f"{service.method} contexts cannot be extended (SAC only)"
         )
-        for d in docs
-    ]
+    fingerprints = (service.method, service.base_fingerprint, service.fingerprint)
+    ids = [make_context_id(*fingerprints, d, body.budget, extendable=body.extendable) for d in docs]
     missing: dict[str, tuple[str, list[int]]] = {}
     for cid, doc, doc_ids in zip(ids, docs, tokenized, strict=True):
         if cid not in service.store and cid not in missing:
@@ -130,7 +133,7 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
     if missing:
         try:
             future = service.batcher.compress(
-                [doc_ids for _, doc_ids in missing.values()], body.budget
+                [doc_ids for _, doc_ids in missing.values()], body.budget, body.extendable
             )
         except QueueFullError as exc:
             service.metrics.rejected.inc()
@@ -148,6 +151,36 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
         entry = entries.get(cid) or await run_in_threadpool(service.store.info, cid)
         out.append({**_public(entry), "created": cid in created})
     return JSONResponse({"contexts": out}, status_code=201 if created else 200)
+
+
+@router.post(
+    "/v1/contexts/{context_id}/extend",
+    status_code=201,
+    responses={200: {"description": "This extension was stored already."}, 409: _conflict},
+)
+async def extend_context(context_id: str, body: ExtendRequest, service: ServiceDep) -> JSONResponse:
+    """A new context: the stored one grown by ``text`` (only the new text is compressed;
+    exact for contexts created with ``extendable``). The original stays as it was."""
+    if not service.compressor.supports_extension:
+        raise APIError(
+            422, "invalid_request", f"{service.method} contexts cannot be extended (SAC only)"
+        )
+    if not body.text.strip():
+        raise APIError(422, "invalid_request", "'text' is empty: nothing to add")
+    fingerprints = (service.method, service.base_fingerprint, service.fingerprint)
+    new_id = make_context_id(*fingerprints, body.text, extends=context_id)
+    if new_id in service.store:
+        entry = await run_in_threadpool(service.store.info, new_id)
+        return JSONResponse({**_public(entry), "created": False, "extends": context_id})
+    parent = await service.load_context(context_id)
+    # On the model thread, like every use of the compressor; library errors (too long, ...)
+    # and a full queue become their JSON errors in api_errors.
+    future = service.batcher.call(lambda: service.compressor.extend(parent, body.text))
+    (grown,) = await service.wait([future])
+    grown.meta["chars"] = (parent.meta.get("chars") or 0) + len(body.text)
+    entry, created = await run_in_threadpool(service.store.put, new_id, grown)
+    body_out = {**_public(entry), "created": created, "extends": context_id}
+    return JSONResponse(body_out, status_code=201 if created else 200)
 
 
 @router.get("/v1/contexts")
@@ -184,19 +217,36 @@ async def delete_context(context_id: str, service: ServiceDep) -> dict[str, Any]
 
 @router.post("/v1/contexts/{context_id}/answers", responses={409: _conflict})
 async def answers(context_id: str, body: AnswersRequest, service: ServiceDep) -> dict[str, Any]:
+    ids = {"context_id": context_id}
+    return await _answer(body, service, ids, lambda: service.load_context(context_id))
+
+
+@router.post("/v1/answers", responses={409: _conflict})
+async def composed_answers(body: ComposedAnswersRequest, service: ServiceDep) -> dict[str, Any]:
+    """Answers against several stored contexts read as one (composed in order)."""
+    ids = {"context_ids": body.context_ids}
+    return await _answer(body, service, ids, lambda: service.load_contexts(body.context_ids))
+
+
+async def _answer(
+    body: AnswersRequest,
+    service: Service,
+    ids: dict[str, Any],
+    load: Callable[[], Awaitable[CompressedContext]],
+) -> dict[str, Any]:
     if (body.question is None) == (body.questions is None):
         raise APIError(422, "invalid_request", "give either 'question' or 'questions'")
     questions = [body.question] if body.question is not None else list(body.questions or [])
     new = service.check_new_tokens(body.max_new_tokens, "max_new_tokens")
     stops = service.check_stop(body.stop)
     service.check_question_count(questions)  # before loading the context
-    ctx = await service.load_context(context_id)
+    ctx = await load()
     plan = service.plan(ctx, questions, new)
     start = time.perf_counter()
     results: list[Answer] = await service.wait(service.submit_answers(plan, stops))
     service.metrics.generated_tokens.inc(sum(r.tokens for r in results))
     return {
-        "context_id": context_id,
+        **ids,
         "model": service.model_name,
         "answers": [
             {
@@ -223,12 +273,13 @@ async def answers(context_id: str, body: AnswersRequest, service: ServiceDep) ->
     },
 )
 async def chat_completions(body: ChatRequest, service: ServiceDep) -> Any:
-    if not body.context_id:
+    if bool(body.context_id) == (body.context_ids is not None):
         raise APIError(
             422,
             "invalid_request",
-            "'context_id' is required: compress the document with POST /v1/contexts and "
-            "pass the id (OpenAI clients: extra_body={'context_id': ...})",
+            "give 'context_id' (or 'context_ids' to compose several, in order): compress the "
+            "document with POST /v1/contexts and pass the id (OpenAI clients: "
+            "extra_body={'context_id': ...})",
         )
     if body.n != 1:
         raise APIError(422, "invalid_request", "only n=1 is supported")
@@ -236,7 +287,10 @@ async def chat_completions(body: ChatRequest, service: ServiceDep) -> Any:
     requested = body.max_completion_tokens or body.max_tokens
     new = service.check_new_tokens(requested, "max_tokens")
     stops = service.check_stop(body.stop)
-    ctx = await service.load_context(body.context_id)
+    if body.context_ids is not None:
+        ctx, ids = await service.load_contexts(body.context_ids), {"context_ids": body.context_ids}
+    else:
+        ctx, ids = await service.load_context(body.context_id), {"context_id": body.context_id}
     plan = service.plan(ctx, [question], new)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -258,7 +312,7 @@ async def chat_completions(body: ChatRequest, service: ServiceDep) -> Any:
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "context_id": body.context_id,
+            **ids,
             "choices": [
                 {
                     "index": 0,
@@ -334,6 +388,7 @@ def _public(entry: dict[str, Any]) -> dict[str, Any]:
         "compressed_length",
         "ratio",
         "budget",
+        "extendable",
         "bytes",
         "chars",
         "created",

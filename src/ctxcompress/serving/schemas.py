@@ -41,6 +41,17 @@ class ContextsRequest(BaseModel):
         description="At most this many entries per context: the ratio is chosen per "
         "document (never below the compressor's trained ratio) and shown as 'ratio'.",
     )
+    extendable: bool = Field(
+        False,
+        description="Keep the last partial chunk's tokens so that POST .../extend grows the "
+        "context exactly as compressing the whole text would (SAC; the stored context then "
+        "holds up to one chunk of the document's tokens).",
+    )
+
+
+class ExtendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="Text that continues the document (no BOS or prefix).")
 
 
 class AnswersRequest(BaseModel):
@@ -51,6 +62,13 @@ class AnswersRequest(BaseModel):
     stop: str | list[str] | None = None
 
 
+class ComposedAnswersRequest(AnswersRequest):
+    context_ids: list[str] = Field(
+        description="Stored contexts read as one, in this order (Compressor.compose: each "
+        "placed after the ones before it, keys re-rotated; no re-encoding)."
+    )
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
@@ -58,13 +76,14 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """OpenAI's chat-completions body plus ``context_id``; other OpenAI fields are accepted
-    and ignored (decoding is greedy)."""
+    """OpenAI's chat-completions body plus ``context_id`` (or ``context_ids``, composed in
+    order); other OpenAI fields are accepted and ignored (decoding is greedy)."""
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     messages: list[ChatMessage]
     context_id: str | None = None
+    context_ids: list[str] | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stop: str | list[str] | None = None

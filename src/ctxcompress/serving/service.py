@@ -120,6 +120,25 @@ class Service:
         )
         return ctx
 
+    async def load_contexts(self, context_ids: Sequence[str]) -> CompressedContext:
+        """The stored contexts composed in order (:meth:`Compressor.compose`), or the API
+        error that says which id or what about the composition is wrong."""
+        if not context_ids:
+            raise APIError(422, "invalid_request", "'context_ids' is empty: give at least one id")
+        if len(context_ids) > self.limits.max_documents:
+            raise APIError(
+                422,
+                "invalid_request",
+                f"{len(context_ids)} context ids; at most {self.limits.max_documents} per request",
+            )
+        contexts = [await self.load_context(c) for c in context_ids]
+        try:
+            return await run_in_threadpool(self.compressor.compose, contexts)
+        except ContextTooLongError as exc:
+            raise APIError(413, "context_too_long", str(exc)) from None
+        except InvalidInputError as exc:
+            raise APIError(422, "invalid_request", str(exc)) from None
+
     async def wait(self, futures: Sequence[Any]) -> list[Any]:
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import quantization
 from ..atomic import write_text_atomic
 from ..context import CompressedContext
 from ..errors import (
@@ -66,12 +67,22 @@ _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def context_id(
-    method: str, base_model: str, compressor: str, text: str, budget: int | None = None
+    method: str,
+    base_model: str,
+    compressor: str,
+    text: str,
+    budget: int | None = None,
+    *,
+    extendable: bool = False,
+    extends: str | None = None,
 ) -> str:
     """The content address of ``text`` compressed by the compressor with these fingerprints
-    (within a token ``budget``, if given: the same text at two budgets is two contexts)."""
+    (within a token ``budget``, if given: the same text at two budgets is two contexts; kept
+    ``extendable``, i.e. with its open tail; or as ``text`` appended to the context ``extends``)."""
     h = hashlib.sha256()
     parts = (method, base_model, compressor) + (() if budget is None else (f"budget={budget}",))
+    parts += ("extendable",) if extendable else ()
+    parts += () if extends is None else (f"extends={extends}",)
     for part in parts:
         h.update(part.encode())
         h.update(b"\0")
@@ -100,6 +111,10 @@ class ContextStore:
         cache_bytes: bytes of contexts kept loaded in memory (most recently used; 0: none).
         flush_interval: seconds after which recorded access times are written to the index
             even without another change.
+        quantize: ``"int8"`` stores new contexts as int8 with float32 scales (~4x smaller
+            than float32; :mod:`ctxcompress.quantization`); what the store hands out, from
+            its memory cache as from its files, is then always the dequantized context.
+            Files written under another setting stay as they are (each records its format).
     """
 
     def __init__(
@@ -109,6 +124,7 @@ class ContextStore:
         max_bytes: int | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
         flush_interval: float = 5.0,
+        quantize: str | None = None,
     ) -> None:
         if max_bytes is not None and max_bytes < 1:
             raise InvalidInputError(f"max_bytes must be >= 1 (or None), got {max_bytes}")
@@ -118,6 +134,8 @@ class ContextStore:
         with self._storage_errors("create its folders"):
             (self.root / CONTEXT_DIR).mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self.quantize = quantization.check_scheme(quantize)
+        """Storage scheme of new files (``"int8"`` or None); each file records its own."""
         self.cache_bytes = cache_bytes
         self.flush_interval = flush_interval
         self._lock = threading.RLock()
@@ -284,6 +302,7 @@ class ContextStore:
             "chars": ctx.meta.get("chars"),
             "ratio": ctx.meta.get("ratio"),  # the one a budget chose, or the compressor's
             "budget": ctx.meta.get("budget"),
+            "extendable": "tail_ids" in ctx.meta,
             "created": created,
             "last_access": created,
         }
@@ -393,17 +412,18 @@ class ContextStore:
         with self._locked():
             self._refresh(force=True)
             if context_id in self._entries and path.is_file():
-                self._remember(context_id, ctx)
+                self._remember(context_id, ctx.as_stored(self.quantize))
                 self._entries[context_id]["last_access"] = time.time()
                 self._pending_access[context_id] = self._entries[context_id]["last_access"]
                 return dict(self._entries[context_id]), False
-            if self.max_bytes is not None and ctx.num_bytes > self.max_bytes:
+            needed = ctx.stored_bytes(self.quantize)
+            if self.max_bytes is not None and needed > self.max_bytes:
                 raise InvalidInputError(
-                    f"the compressed context needs about {ctx.num_bytes} bytes, more than the "
+                    f"the compressed context needs about {needed} bytes, more than the "
                     f"store's whole size cap ({self.max_bytes} bytes)"
                 )
             with self._storage_errors("write a context"):
-                ctx.save(path)
+                ctx.save(path, quantize=self.quantize)
             entry = self._entry(context_id, ctx, path, created=time.time())
             # The index is written before evicted files are removed: a failure leaves the
             # store exactly as it was (the new file is removed again, nothing evicted).
@@ -417,7 +437,7 @@ class ContextStore:
                 path.unlink(missing_ok=True)
                 raise
             self._remove_files(evicted)
-            self._remember(context_id, ctx)
+            self._remember(context_id, ctx.as_stored(self.quantize))
             return dict(entry), True
 
     def delete(self, context_id: str) -> bool:

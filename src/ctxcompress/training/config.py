@@ -63,6 +63,11 @@ class LoopConfig:
     document_windows: bool = False
     """Continuation/autoencoding: cut documents longer than ``continuation_max_tokens`` into
     consecutive windows of that many tokens (each one example) instead of dropping them."""
+    ratios: list[int] | None = None
+    """Train each micro-batch at a ratio drawn from these (seeded by the step: an exact
+    resume draws the same), so that one compressor serves any of them (Activation Beacon's
+    recipe; issue 20). The method's own ``ratio`` must be the smallest: learned vectors exist
+    for that many slots per chunk, and larger ratios use the first of them."""
     embedding_lr_scale: float = 1.0
     """The learned vectors (``[LM]``, ``[AE]``, anchor/memory/prompt embeddings) train at
     ``lr * embedding_lr_scale``; the LoRA weights at ``lr``. With AdamW a parameter moves
@@ -153,6 +158,18 @@ class TrainConfig:
             raise InvalidInputError("train.mixed_precision must be auto, no, bf16 or fp16")
         if loop.embedding_lr_scale <= 0:
             raise InvalidInputError("train.embedding_lr_scale must be > 0")
+        if loop.ratios is not None:
+            bad = [r for r in loop.ratios if not isinstance(r, int) or isinstance(r, bool) or r < 1]
+            if not loop.ratios or bad:
+                raise InvalidInputError(
+                    f"train.ratios must be a non-empty list of integers >= 1, got {loop.ratios!r}"
+                )
+            ratio = self.method_options.get("ratio")
+            if ratio is not None and ratio != min(loop.ratios):
+                raise InvalidInputError(
+                    f"train.ratios {loop.ratios}: method_options.ratio ({ratio}) must be the "
+                    f"smallest of them ({min(loop.ratios)}); the learned vectors are sized by it"
+                )
         distill = self.distill
         if distill.weight < 0:
             raise InvalidInputError(f"distill.weight must be >= 0, got {distill.weight}")

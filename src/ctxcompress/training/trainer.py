@@ -77,6 +77,11 @@ class Trainer:
 
         base = base_model or load_base_model(config.base_model, dtype=config.dtype)
         comp = build_compressor(config.method, base, **config.method_options)
+        if self.loop.ratios and min(self.loop.ratios) != comp.config.ratio:
+            raise InvalidInputError(
+                f"train.ratios {self.loop.ratios}: the smallest must be the method's ratio "
+                f"({comp.config.ratio}); set method_options.ratio: {min(self.loop.ratios)}"
+            )
         if config.init_from:
             self._init_from(comp, Path(config.init_from))
         self.compressor = comp
@@ -247,9 +252,12 @@ class Trainer:
         model.train()
         loss_total = torch.zeros((), device=acc.device)
         terms = torch.zeros(2, device=acc.device)  # CE and KL sums, for the log
+        ratios = self._ratios(len(micro))
+        compressor = acc.unwrap_model(model)
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
-            with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+            at_ratio = compressor.at_ratio(ratios[i]) if ratios else nullcontext()
+            with nullcontext() if sync else acc.no_sync(model), acc.autocast(), at_ratio:
                 loss_sum, _ = model(
                     [e.context_ids for e in mb],
                     [e.prompt_ids for e in mb],
@@ -283,7 +291,17 @@ class Trainer:
             "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             "target_tokens": targets,
             "tokens": tokens,
+            **({"ratios": ratios} if ratios else {}),
         }
+
+    def _ratios(self, micro_batches: int) -> list[int]:
+        """The ratio of each of this step's micro-batches (``train.ratios``; none without),
+        drawn from the seed, the step and the process, so a resumed run draws the same."""
+        if not self.loop.ratios:
+            return []
+        seed = (self.loop.seed * 1_000_003 + self.step) * 4099 + self.accelerator.process_index
+        rng = random.Random(seed)
+        return [rng.choice(self.loop.ratios) for _ in range(micro_batches)]
 
     def _distill_arguments(self, examples: list[TrainExample]) -> dict[str, Any]:
         """The teacher's logits for the ``[LM]`` rows of a micro-batch (none without a
