@@ -132,12 +132,8 @@ class Service:
                 f"{len(context_ids)} context ids; at most {self.limits.max_documents} per request",
             )
         contexts = [await self.load_context(c) for c in context_ids]
-        try:
-            return await run_in_threadpool(self.compressor.compose, contexts)
-        except ContextTooLongError as exc:
-            raise APIError(413, "context_too_long", str(exc)) from None
-        except InvalidInputError as exc:
-            raise APIError(422, "invalid_request", str(exc)) from None
+        # A composition too long for the model is a ContextTooLongError: 413 (api_errors).
+        return await run_in_threadpool(self.compressor.compose, contexts)
 
     async def wait(self, futures: Sequence[Any]) -> list[Any]:
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
