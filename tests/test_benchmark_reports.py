@@ -391,3 +391,18 @@ def test_quality_and_standard_benchmark_configs_name_what_exists():
     assert all({"ratio", "steps", "data_options"} <= set(s) for s in quality.SETTINGS.values())
     assert all({"ratio", "data", "limit"} <= set(s) for s in standard.SETTINGS.values())
     assert standard.OURS and standard.PRESSES
+
+
+def test_kvpress_runner_resumes_a_press_after_its_last_finished_item(tmp_path):
+    examples = [{"id": f"q{i}"} for i in range(4)]
+    partial = tmp_path / "kvpress.json.kvzip@16.partial.jsonl"
+    lines = [
+        json.dumps({"row": {"id": f"q{i}", "f1": i}, "wall_s": 10.0 * (i + 1)}) for i in range(2)
+    ]
+    partial.write_text("\n".join(lines) + '\n{"row": {"id": "q2", "f1"')  # killed mid-write
+    rows, wall = kvpress_run.load_partial(partial, examples)
+    assert [r["id"] for r in rows] == ["q0", "q1"] and wall == 20.0
+    assert partial.read_text().count("\n") == 2  # the torn line is gone before appending
+    other = [{"id": "x"}] + examples
+    assert kvpress_run.load_partial(partial, other) == ([], 0.0) and not partial.exists()
+    assert kvpress_run.load_partial(tmp_path / "none", examples) == ([], 0.0)

@@ -356,6 +356,28 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_partial(path: Path, examples: list[dict[str, Any]]) -> tuple[list[dict], float]:
+    """The rows a killed run of one (press, r) finished (``<out>.<key>.partial.jsonl``, one
+    line per item, in order) and the wall seconds they took; none if the file does not
+    match the examples. A torn last line (killed mid-write) is dropped."""
+    if not path.is_file():
+        return [], 0.0
+    rows, wall, good = [], 0.0, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        rows.append(item["row"])
+        wall = item["wall_s"]
+        good.append(line)
+    if [r["id"] for r in rows] != [e["id"] for e in examples[: len(rows)]]:
+        path.unlink()
+        return [], 0.0
+    path.write_text("".join(g + "\n" for g in good), encoding="utf-8")  # drop a torn line
+    return rows, wall
+
+
 def save(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
@@ -497,9 +519,12 @@ def main() -> None:
                 key = f"{name}@{r}"
                 if key in result["runs"]:
                     continue
-                rows = []
-                start = time.perf_counter()
-                for e, (p_len, total) in zip(examples, lengths, strict=True):
+                partial = args.out.with_name(f"{args.out.name}.{key}.partial.jsonl")
+                rows, earlier_s = load_partial(partial, examples) if args.resume else ([], 0.0)
+                if rows:
+                    print(f"{key}: resuming after {len(rows)} finished items", flush=True)
+                start = time.perf_counter() - earlier_s
+                for e, (p_len, total) in list(zip(examples, lengths, strict=True))[len(rows) :]:
                     press = None
                     if factories[name] is not None:
                         if args.budget == "ratio":
@@ -533,6 +558,9 @@ def main() -> None:
                         kv_entries_full=heads * layers * total,
                     )
                     rows.append(row)
+                    with partial.open("a", encoding="utf-8") as f:  # per item: a kill loses one
+                        f.write(json.dumps({"row": row, "wall_s": time.perf_counter() - start}))
+                        f.write("\n")
                 summary = summarize(name, r, rows, args.budget)
                 summary["wall_s"] = time.perf_counter() - start
                 summary["machine"] = meta["machine"]["platform"]
@@ -541,6 +569,7 @@ def main() -> None:
                     s for s in result["summaries"] if f"{s['press']}@{s['r']}" != key
                 ] + [summary]
                 save(result, args.out)
+                partial.unlink(missing_ok=True)
                 print(
                     f"{key:28s} EM {summary['em']:.3f}  F1 {summary['f1']:.3f}  "
                     f"latency {_num(summary['mean_latency_s'], '.3f')}s  "
