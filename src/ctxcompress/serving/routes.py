@@ -95,14 +95,7 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
     if (body.text is None) == (body.documents is None):
         raise APIError(422, "invalid_request", "give either 'text' or 'documents' (a list)")
     docs = [body.text] if body.text is not None else list(body.documents or [])
-    if not docs:
-        raise APIError(422, "invalid_request", "'documents' is empty")
-    if len(docs) > service.limits.max_documents:
-        raise APIError(
-            422,
-            "too_many_documents",
-            f"{len(docs)} documents in one request; at most {service.limits.max_documents}",
-        )
+    service.check_document_count(len(docs), "documents")
     tokenized = []
     for i, doc in enumerate(docs):
         if not doc.strip():

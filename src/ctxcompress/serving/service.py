@@ -96,6 +96,18 @@ class Service:
                 f"{len(questions)} questions in one request; at most {limit} are allowed",
             )
 
+    def check_document_count(self, count: int, what: str) -> None:
+        """``what`` (documents, context ids) of one request: at least one, at most
+        ``max_documents``."""
+        if not count:
+            raise APIError(422, "invalid_request", f"no {what}: give at least one")
+        if count > self.limits.max_documents:
+            raise APIError(
+                422,
+                "too_many_documents",
+                f"{count} {what} in one request; at most {self.limits.max_documents}",
+            )
+
     def plan(self, ctx: CompressedContext, questions: list[str], new: int) -> AnswerPlan:
         """The compressor's plan for these questions (tokenized, every limit checked), or
         the API error that says which question cannot be answered and why."""
@@ -123,14 +135,7 @@ class Service:
     async def load_contexts(self, context_ids: Sequence[str]) -> CompressedContext:
         """The stored contexts composed in order (:meth:`Compressor.compose`), or the API
         error that says which id or what about the composition is wrong."""
-        if not context_ids:
-            raise APIError(422, "invalid_request", "'context_ids' is empty: give at least one id")
-        if len(context_ids) > self.limits.max_documents:
-            raise APIError(
-                422,
-                "invalid_request",
-                f"{len(context_ids)} context ids; at most {self.limits.max_documents} per request",
-            )
+        self.check_document_count(len(context_ids), "context ids")
         contexts = [await self.load_context(c) for c in context_ids]
         # A composition too long for the model is a ContextTooLongError: 413 (api_errors).
         return await run_in_threadpool(self.compressor.compose, contexts)
