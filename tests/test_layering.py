@@ -22,6 +22,7 @@ PRIMITIVES = (
     "ctxcompress.positions",
     "ctxcompress.masks",
     "ctxcompress.rope",
+    "ctxcompress.shipped",
     "ctxcompress.quantization",
     "ctxcompress.context",
 )

@@ -19,6 +19,8 @@ from ..errors import CtxCompressError, InvalidInputError
 from ..methods import METHODS, build_compressor, canonical_method, load_compressor
 from ..methods.persistence import read_header
 from ..models import load_base_model
+from ..shipped import is_shipped_name
+from ..shipped import resolve as resolve_shipped
 from ..version import __version__
 
 EXIT_USER_ERROR = 2
@@ -117,8 +119,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         help=(
-            "A trained compressor: the folder written by save_pretrained(). Its base model is "
-            "reloaded from the recorded source unless --base-model is given."
+            "A trained compressor: the folder written by save_pretrained(), or a shipped one "
+            "by name (embedded:<name>). Its base model is reloaded from the recorded source "
+            "unless --base-model is given."
         ),
         file_okay=False,
     ),
@@ -181,6 +184,8 @@ def get_compressor(
 ):
     """``--model`` (a saved compressor) or a fresh untrained one; returns ``(comp, fresh)``."""
     if model is not None:
+        if is_shipped_name(str(model)):
+            model = resolve_shipped(str(model))  # a shipped compressor, checksums checked
         if not model.exists():
             raise InvalidInputError(f"--model {model}: no such folder")
         header = read_header(model)  # fails fast (before loading weights) on a wrong folder

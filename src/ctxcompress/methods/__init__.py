@@ -8,6 +8,8 @@ from typing import Any
 
 from ..errors import InvalidInputError, ModelLoadError
 from ..models import BaseModel, load_base_model
+from ..shipped import is_shipped_name
+from ..shipped import resolve as resolve_shipped
 from .answering import AnswerPlan
 from .base import Compressor
 from .config import CompressorConfig
@@ -94,7 +96,10 @@ def build_compressor(
 
 
 def load_compressor(path: str | os.PathLike, base_model: Any = None, **kwargs: Any) -> Compressor:
-    """Load any compressor saved with ``save_pretrained`` (the method is read from the folder)."""
+    """Load any compressor saved with ``save_pretrained`` (the method is read from the folder),
+    or a shipped one by name (``"embedded:sac-4x"``; its files' checksums checked first)."""
+    if is_shipped_name(path):
+        path = resolve_shipped(str(path))
     header = read_header(Path(path))
     if header["method"] not in METHODS:
         raise ModelLoadError(

@@ -1,0 +1,65 @@
+"""Shipped compressors by name (issue 19 part 3, the mechanism): ``load_compressor``,
+``--model`` and ``serve --model`` take ``embedded:<name>``; every file is checked against the
+manifest's checksums first; missing, altered or unknown ones are clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ctxcompress as cc
+from ctxcompress import shipped
+from ctxcompress.cli import app
+from ctxcompress.errors import CorruptFileError, ModelLoadError
+from ctxcompress.testing import tiny_model
+from tests.conftest import TEXT, randomize_trainables
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A package data folder with one shipped (tiny) compressor, ``embedded:sac-test``."""
+    root = tmp_path / "compressors"
+    comp = cc.build_compressor("sac", cc.load_base_model("tiny"), ratio=4, lora_rank=4)
+    randomize_trainables(comp)
+    comp.save_pretrained(root / "sac-test")
+    (root / "sac-test" / "MODEL_CARD.md").write_text("# sac-test\n")
+    shipped.write_manifest(root / "sac-test")
+    monkeypatch.setattr(shipped, "root", lambda: root)
+    return root, comp
+
+
+def test_a_shipped_compressor_loads_by_name_after_its_checksums(package):
+    root, comp = package
+    assert shipped.available() == ["embedded:sac-test"]
+    loaded = cc.load_compressor("embedded:sac-test", base_model=tiny_model())
+    assert loaded.fingerprint == comp.fingerprint
+    torch.testing.assert_close(loaded.compress(TEXT).keys, comp.compress(TEXT).keys)
+    result = CliRunner().invoke(
+        app, ["compress", "--model", "embedded:sac-test", "--text", TEXT, "-o", str(root / "c.ctx")]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_altered_and_unknown_compressors_are_refused(package):
+    root, _ = package
+    with pytest.raises(ModelLoadError, match="no shipped compressor 'embedded:pic-99x'.*sac-test"):
+        cc.load_compressor("embedded:pic-99x")
+    card = root / "sac-test" / "MODEL_CARD.md"
+    card.write_text("# edited\n")
+    with pytest.raises(CorruptFileError, match="MODEL_CARD.md does not match its checksum"):
+        cc.load_compressor("embedded:sac-test", base_model=tiny_model())
+    card.unlink()
+    with pytest.raises(CorruptFileError, match="missing MODEL_CARD.md: reinstall"):
+        cc.load_compressor("embedded:sac-test", base_model=tiny_model())
+    result = CliRunner().invoke(
+        app, ["compress", "--model", "embedded:sac-test", "--text", "x", "-o", "y.ctx"]
+    )
+    assert result.exit_code != 0 and "reinstall ctxcompress" in result.output
+
+
+def test_nothing_is_shipped_yet_and_the_message_says_so():
+    assert shipped.available() == []
+    with pytest.raises(ModelLoadError, match="none yet"):
+        cc.load_compressor("embedded:sac-4x")
+    assert not shipped.is_shipped_name("embedded:smollm2-135m-instruct")  # a base model
