@@ -300,3 +300,52 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{path} is not valid YAML: {exc}") from exc
     return parse_config(data, overrides)
+
+
+# Settings that may change between a run and its resumption: the length of the run and its
+# bookkeeping. Anything else (method, data, optimiser, ...) would silently mix two runs.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "train.steps",
+        "train.save_every",
+        "train.log_every",
+        "train.keep_checkpoints",
+    }
+)
+
+
+def changed_settings(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for every setting of ``config`` that differs
+    from ``saved`` (a run's ``config.yaml``) and may not change on resume
+    (:data:`RESUMABLE_CHANGES` may). An option added after ``saved`` was written counts as
+    having had its default value then."""
+    saved = _flatten(saved)
+    current = _flatten(_as_yaml(config))  # as config.yaml would hold it
+    defaults = {f"train.{k}": v for k, v in _flatten(_as_yaml(LoopConfig())).items()}
+    defaults |= {f"distill.{k}": v for k, v in _flatten(_as_yaml(DistillConfig())).items()}
+    for key in current.keys() - saved.keys():
+        if key in defaults:
+            saved[key] = defaults[key]
+    return [
+        (key, saved.get(key), current.get(key))
+        for key in sorted(saved.keys() | current.keys())
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+    ]
+
+
+def _as_yaml(obj: Any) -> Any:
+    """A dataclass as the plain data YAML would give back (tuples become lists)."""
+    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(obj)))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; lists stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -12,7 +12,6 @@ clipping, checkpoints every ``save_every`` steps with exact resume.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -36,7 +35,7 @@ from ..methods import Compressor, build_compressor
 from ..methods.persistence import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
-from .config import DistillConfig, LoopConfig, TrainConfig
+from .config import TrainConfig, changed_settings
 from .distillation import build_teacher_targets
 from .examples import build_examples
 from .objectives import TrainExample
@@ -183,39 +182,14 @@ class Trainer:
         self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
         self._log(f"resumed from {path} at step {self.step}")
 
-    # Settings that may change between a run and its resumption: the length of the run and
-    # its bookkeeping. Anything else (method, data, optimiser, ...) would silently mix two runs.
-    RESUMABLE_CHANGES = frozenset(
-        {
-            "output_dir",
-            "resume",
-            "train.steps",
-            "train.save_every",
-            "train.log_every",
-            "train.keep_checkpoints",
-        }
-    )
-
     def _check_same_run(self, checkpoint: Path) -> None:
         """Refuse to resume a checkpoint written under a different configuration."""
         saved_file = self.output_dir / "config.yaml"
         if not saved_file.is_file():
             return
-        saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
-        current = _flatten(_as_yaml(self.config))  # as config.yaml would hold it
-        # An option added after the checkpoint was written ran at its default value then.
-        defaults = {f"train.{k}": v for k, v in _flatten(_as_yaml(LoopConfig())).items()}
-        defaults |= {f"distill.{k}": v for k, v in _flatten(_as_yaml(DistillConfig())).items()}
-        for key in current.keys() - saved.keys():
-            if key in defaults:
-                saved[key] = defaults[key]
-        changed = sorted(
-            key
-            for key in saved.keys() | current.keys()
-            if key not in self.RESUMABLE_CHANGES and saved.get(key) != current.get(key)
-        )
+        changed = changed_settings(yaml.safe_load(saved_file.read_text()) or {}, self.config)
         if changed:
-            details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed)
             raise InvalidInputError(
                 f"cannot resume {checkpoint}: it was trained with a different configuration "
                 f"({details}). Use another output_dir for the new settings, or resume: never "
@@ -440,22 +414,6 @@ class Trainer:
             ckpt.prune(self.output_dir, self.loop.keep_checkpoints)
         acc.wait_for_everyone()
         return target
-
-
-def _as_yaml(obj: Any) -> Any:
-    """A dataclass as the plain data YAML would give back (tuples become lists)."""
-    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(obj)))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; lists stay whole."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def train(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
