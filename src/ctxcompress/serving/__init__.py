@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from .batcher import Answer, Batcher, BatcherStoppedError, QueueFullError
-from .store import ContextStore, context_id, id_for, is_valid_id
+from .ids import context_id, id_for, is_valid_id
+from .store import ContextStore
 
 __all__ = [
     "Answer",

@@ -24,6 +24,8 @@ from ..errors import (
 from ..version import __version__
 from .api_errors import APIError, from_library_error
 from .batcher import Answer, QueueFullError
+from .ids import context_id as make_context_id
+from .ids import is_valid_id
 from .schemas import (
     COMMON_ERRORS,
     AnswersRequest,
@@ -35,8 +37,6 @@ from .schemas import (
     ExtendRequest,
 )
 from .service import Service
-from .store import context_id as make_context_id
-from .store import is_valid_id
 from .streaming import TextStream
 
 

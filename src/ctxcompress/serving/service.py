@@ -17,9 +17,10 @@ from ..errors import (
 from ..methods import AnswerPlan, Compressor
 from .api_errors import APIError
 from .batcher import AnswerJob, Batcher, QueueFullError
+from .ids import is_valid_id
 from .metrics import ServiceMetrics
 from .schemas import ServeLimits
-from .store import ContextStore, is_valid_id
+from .store import ContextStore
 
 # --------------------------------------------------------------------------- the service
 

@@ -27,16 +27,12 @@ times that cannot be written are kept in memory and retried).
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +40,13 @@ from .. import quantization
 from ..atomic import write_text_atomic
 from ..context import CompressedContext
 from ..errors import (
-    DISK_FULL_ERRNOS,
     ContextNotFoundError,
     CorruptFileError,
     InvalidInputError,
     StorageError,
 )
-
-try:  # POSIX only; elsewhere the store is safe across threads but not across processes.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from .ids import is_valid_id
+from .locking import locked, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -62,43 +54,6 @@ INDEX_FILE = "index.json"
 CONTEXT_DIR = "contexts"
 LOCK_FILE = ".lock"
 FORMAT_VERSION = 1
-ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def context_id(
-    method: str,
-    base_model: str,
-    compressor: str,
-    text: str,
-    budget: int | None = None,
-    *,
-    extendable: bool = False,
-    extends: str | None = None,
-) -> str:
-    """The content address of ``text`` compressed by the compressor with these fingerprints
-    (within a token ``budget``, if given: the same text at two budgets is two contexts; kept
-    ``extendable``, i.e. with its open tail; or as ``text`` appended to the context ``extends``)."""
-    h = hashlib.sha256()
-    parts = (method, base_model, compressor) + (() if budget is None else (f"budget={budget}",))
-    parts += ("extendable",) if extendable else ()
-    parts += () if extends is None else (f"extends={extends}",)
-    for part in parts:
-        h.update(part.encode())
-        h.update(b"\0")
-    h.update(text.encode("utf-8", errors="surrogatepass"))
-    return h.hexdigest()
-
-
-def id_for(compressor: Any, text: str, budget: int | None = None) -> str:
-    """:func:`context_id` for a :class:`~ctxcompress.Compressor` object."""
-    return context_id(
-        compressor.method, compressor.base_fingerprint, compressor.fingerprint, text, budget
-    )
-
-
-def is_valid_id(value: str) -> bool:
-    return isinstance(value, str) and bool(ID_PATTERN.match(value))
 
 
 class ContextStore:
@@ -161,60 +116,13 @@ class ContextStore:
             raise ContextNotFoundError(f"no context with id {context_id!r} (ids are 64 hex chars)")
         return self.root / CONTEXT_DIR / f"{context_id}.ctx"
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self):
         """This process's threads and other processes: one change at a time."""
-        with self._lock:
-            handle = self._open_lock_file()
-            if handle is None:
-                yield
-                return
-            with handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return locked(self._lock, self.root / LOCK_FILE, self.root)
 
-    def _open_lock_file(self) -> Any:
-        """The lock file, opened for locking; ``None`` without ``fcntl`` or on a read-only
-        folder without one (no process can change such a store, so there is nothing to
-        serialise)."""
-        if fcntl is None:
-            return None
-        path = self.root / LOCK_FILE
-        try:
-            return open(path, "a+")  # closed by _locked
-        except OSError as exc:
-            if exc.errno not in _READ_ONLY_ERRNOS:
-                raise self._storage_error("open its lock file", exc) from exc
-        try:
-            return open(path)  # flock works on a read-only handle
-        except OSError:
-            return None
-
-    def _storage_error(self, action: str, exc: OSError) -> StorageError:
-        if exc.errno in DISK_FULL_ERRNOS:
-            hint = "free space on its disk or lower the store's size cap"
-        else:
-            hint = f"make {self.root} writable"
-        return StorageError(
-            f"the context store {self.root} could not {action}: {exc.strerror or exc} "
-            f"({hint}; nothing was half-written)",
-            exc.errno,
-        )
-
-    @contextlib.contextmanager
-    def _storage_errors(self, action: str) -> Iterator[None]:
+    def _storage_errors(self, action: str):
         """Raise a disk's refusal (``OSError``) as :class:`StorageError` naming the store."""
-        try:
-            yield
-        except StorageError:
-            raise
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError):  # (ContextNotFoundError is one)
-                raise
-            raise self._storage_error(action, exc) from exc
+        return storage_errors(self.root, action)
 
     # ------------------------------------------------------------------ the index
     def _stamp(self) -> tuple[int, int, int] | None:
