@@ -180,3 +180,20 @@ def test_training_steps_under_accelerate_with_bf16_autocast(qa_file, tmp_path):
         tmp_path / "run" / "compressor", base_model=tiny_model(initializer_range=0.2)
     )
     assert loaded.device.type == "cpu" and loaded.fingerprint == comp.fingerprint
+
+
+def test_building_blocks_on_the_device(tmp_path):
+    """Composition (keys re-rotated on the device), growing a context, int8 storage and a
+    token budget: the same results on the device as on the CPU."""
+    cpu, dev = on_cpu_and_device("sac", tmp_path)
+    a_cpu, b_cpu = cpu.compress(TEXTS)
+    a_dev, b_dev = dev.compress(TEXTS)
+    assert_contexts_close(dev.compose([a_dev, b_dev]), cpu.compose([a_cpu, b_cpu]), 1e-4)
+    grown_dev = dev.extend(dev.compress(TEXTS[0], keep_tail=True), " More about Paris.")
+    grown_cpu = cpu.extend(cpu.compress(TEXTS[0], keep_tail=True), " More about Paris.")
+    assert_contexts_close(grown_dev, grown_cpu, 1e-4)
+    a_dev.save(tmp_path / "q.ctx", quantize="int8")
+    back = dev.load_context(tmp_path / "q.ctx")
+    assert_contexts_close(back, a_cpu.as_stored("int8"), 1e-4)
+    budget_dev, budget_cpu = dev.compress(TEXTS[0], budget=4), cpu.compress(TEXTS[0], budget=4)
+    assert_contexts_close(budget_dev, budget_cpu, 1e-4)
