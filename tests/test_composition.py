@@ -181,3 +181,34 @@ def test_evaluation_can_answer_from_composed_passages(tiny):
     expected = comp.generate(comp.compose([b, c]), QUESTIONS[1], max_new_tokens=4, stop=["\n"])
     assert result.predictions[1].prediction == expected
     assert result.predictions[0].original_length == a.original_length + b.original_length
+
+
+def test_partial_rotary_keys_shift_only_their_rotary_dimensions():
+    """Phi-3 style partial RoPE (half the head dimensions rotate): the rest stays put."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from ctxcompress.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    config = Phi3Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        partial_rotary_factor=0.5,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    lm = Phi3ForCausalLM(config).eval()
+    row = list(range(5, 25))
+    ((here, _),) = prefill_kv(lm, [row], position_start=3, batch_size=1)
+    ((there, _),) = prefill_kv(lm, [row], position_start=3 + 41, batch_size=1)
+    moved = shift_keys(lm, here, 41)
+    torch.testing.assert_close(moved, there, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(moved[..., 8:], here[..., 8:])  # 16-dim heads, 8 rotate
+    torch.testing.assert_close(
+        shift_keys(lm, shift_keys(lm, here, 20), 21), moved, atol=1e-5, rtol=1e-4
+    )
