@@ -213,11 +213,13 @@ class CompressedContext:
 
     def stored_bytes(self, quantize: str | None = None) -> int:
         """Bytes of the tensors as :meth:`save` would store them (without the header)."""
-        quantization.check_scheme(quantize)
-        tensors = {n: getattr(self, n) for n in _STORED if getattr(self, n) is not None}
-        if quantize is None:
+        if quantization.check_scheme(quantize) is None:
             return self.num_bytes
-        return sum(quantization.quantized_bytes(n, t) for n, t in tensors.items())
+        return sum(
+            quantization.quantized_bytes(n, t)
+            for n in _STORED
+            if (t := getattr(self, n)) is not None
+        )
 
     def save(self, path: str | os.PathLike, *, quantize: str | None = None) -> Path:
         """Write the context as one safetensors file (atomically: no half-written files;

@@ -9,6 +9,7 @@ Results are grouped by ``meta["subset"]`` when the data has subsets (MRQA) and a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -107,21 +108,6 @@ def evaluate(
     one; e.g. a compressor trained with ``train.ratios``). ``build_contexts``: how a batch
     of context texts becomes compressed contexts (default ``comp.compress``), for measuring
     other ways of building them (benchmarks/building_blocks)."""
-    if ratio is not None:
-        with comp.at_ratio(ratio):
-            return evaluate(
-                comp,
-                examples,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                stop=stop,
-                summary_question=summary_question,
-                progress=progress,
-                label=label,
-                quantize=quantize,
-                compose_passages=compose_passages,
-                build_contexts=build_contexts,
-            )
     if not examples:
         raise InvalidInputError("nothing to evaluate: the example list is empty")
     summarization = isinstance(examples[0], SummarizationExample)
@@ -131,7 +117,15 @@ def evaluate(
     timing = {"compress": 0.0, "generate": 0.0}
     stored_bytes: list[int] = []  # each context as saved (quantized or not)
     passages = _PassageCache(comp) if compose_passages else None
-    build = passages.contexts if passages else build_contexts or comp.compress
+    builder = passages.contexts if passages else build_contexts or comp.compress
+    at_ratio = (lambda: comp.at_ratio(ratio)) if ratio is not None else contextlib.nullcontext
+
+    def build(texts: Sequence[str]) -> list[CompressedContext]:
+        with at_ratio():  # compression only: answering does not depend on the ratio
+            return builder(texts)
+
+    with at_ratio():
+        ratio_in_effect = comp.ratio  # (an invalid ratio is refused here, before any work)
     bar = tqdm(
         total=len(examples),
         desc=f"eval {label or comp.method}",
@@ -201,7 +195,7 @@ def evaluate(
             "max_new_tokens": max_new_tokens,
             "compressor": comp.fingerprint,
             "config_ratio": comp.config.ratio,
-            "ratio_in_effect": comp.ratio,
+            "ratio_in_effect": ratio_in_effect,
             "quantize": quantize,
             "mean_stored_bytes": statistics.fmean(stored_bytes),
             "passages": passages.counts if passages else None,

@@ -24,7 +24,6 @@ from ..errors import (
 from ..version import __version__
 from .api_errors import APIError, from_library_error
 from .batcher import Answer, QueueFullError
-from .ids import context_id as make_context_id
 from .ids import is_valid_id
 from .schemas import (
     COMMON_ERRORS,
@@ -111,12 +110,9 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
             )
         if body.budget is not None:
             service.check_budget(i, n, body.budget)
-    if body.extendable and not service.compressor.supports_extension:
-        raise APIError(
-            422, "invalid_request", f"{service.method} contexts cannot be extended (SAC only)"
-        )
-    fingerprints = (service.method, service.base_fingerprint, service.fingerprint)
-    ids = [make_context_id(*fingerprints, d, body.budget, extendable=body.extendable) for d in docs]
+    if body.extendable:
+        service.check_extensible()
+    ids = [service.context_id(d, budget=body.budget, extendable=body.extendable) for d in docs]
     missing: dict[str, tuple[str, list[int]]] = {}
     for cid, doc, doc_ids in zip(ids, docs, tokenized, strict=True):
         if cid not in service.store and cid not in missing:
@@ -154,14 +150,10 @@ async def create_contexts(body: ContextsRequest, service: ServiceDep) -> JSONRes
 async def extend_context(context_id: str, body: ExtendRequest, service: ServiceDep) -> JSONResponse:
     """A new context: the stored one grown by ``text`` (only the new text is compressed;
     exact for contexts created with ``extendable``). The original stays as it was."""
-    if not service.compressor.supports_extension:
-        raise APIError(
-            422, "invalid_request", f"{service.method} contexts cannot be extended (SAC only)"
-        )
+    service.check_extensible()
     if not body.text.strip():
         raise APIError(422, "invalid_request", "'text' is empty: nothing to add")
-    fingerprints = (service.method, service.base_fingerprint, service.fingerprint)
-    new_id = make_context_id(*fingerprints, body.text, extends=context_id)
+    new_id = service.context_id(body.text, extends=context_id)
     if new_id in service.store:
         entry = await run_in_threadpool(service.store.info, new_id)
         return JSONResponse({**_public(entry), "created": False, "extends": context_id})

@@ -17,6 +17,7 @@ from ..errors import (
 from ..methods import AnswerPlan, Compressor
 from .api_errors import APIError
 from .batcher import AnswerJob, Batcher, QueueFullError
+from .ids import context_id as make_context_id
 from .ids import is_valid_id
 from .metrics import ServiceMetrics
 from .schemas import ServeLimits
@@ -95,6 +96,19 @@ class Service:
                 422,
                 "too_many_questions",
                 f"{len(questions)} questions in one request; at most {limit} are allowed",
+            )
+
+    def context_id(self, text: str, **options: Any) -> str:
+        """The content address of ``text`` under this compressor (``budget``, ``extendable``,
+        ``extends``: see :func:`~.ids.context_id`)."""
+        return make_context_id(
+            self.method, self.base_fingerprint, self.fingerprint, text, **options
+        )
+
+    def check_extensible(self) -> None:
+        if not self.compressor.supports_extension:
+            raise APIError(
+                422, "invalid_request", f"{self.method} contexts cannot be extended (SAC only)"
             )
 
     def check_document_count(self, count: int, what: str) -> None:
