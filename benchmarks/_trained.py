@@ -1,0 +1,534 @@
+"""The trained-systems benchmark driver: one YAML spec, every system trained with the same
+recipe, budget and data order, learning curves, test evaluations, a report section.
+
+Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
+``benchmarks/fair/run.py``) and the headline compressors (``configs/benchmarks/headline.yaml``,
+``benchmarks/headline/run.py``). A spec holds:
+
+* ``loop``: the loop settings of every system and stage; ``steps``: ``stage1``, ``stage2``,
+  ``curve_every`` (a setting may override them; the command line overrides both);
+* ``stage1_texts``: the stage-1 texts (continuation for everyone, plus autoencoding for the
+  systems with ``autoencoding: true``);
+* ``settings``: per setting a ``ratio``, a stage-1 ``window``, the stage-2 QA data ``train``
+  (a list of data sources with weights), a ``dev`` set (the learning curve) and ``tests`` (each
+  ``{source, options, limit, seed}``, optionally ``folder`` — where its evaluations go under
+  ``eval/``, default the test's name — and ``standard`` — the setting of
+  ``benchmarks/standard/run.py`` with the same items, whose zero-shot and kvpress rows the
+  report adds);
+* ``systems``: ``{method, options, autoencoding, train, distill}`` (``distill``: the system of
+  the same setting whose stage-2 compressor is the teacher), ``zero_shot`` rows, the
+  ``run_order``, the ``difference_references`` and optional ``targets``.
+
+Everything is checkpointed under ``--out``; the same command resumes (finished stages, curve
+points and evaluations are reused). Training time comes from the trainer's own clock (kept in
+its checkpoints), so a run that was killed, resumed or paused reports the time its steps took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import ctxcompress as cc
+from ctxcompress.data import load_qa
+from ctxcompress.evaluation import (
+    EvalResult,
+    difference_legend,
+    difference_table,
+    evaluate,
+    markdown_table,
+    markdown_tables,
+    replace_section,
+)
+from ctxcompress.evaluation.report import LABELS, depth_key, depth_table
+from ctxcompress.evaluation.significance import paired_ratio
+from ctxcompress.prompts import chat_prompt_options
+from ctxcompress.training import Trainer, parse_config
+
+from ._common import add_seconds, load_json, plot_curves, train_with_dev_curve, write_json
+from ._common import command_line as _command_line
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDARD_RESULTS = ROOT / "benchmarks" / "standard" / "results"
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    spec = yaml.safe_load(path.read_text())
+    known = {*spec["systems"], *spec.get("zero_shot", [])}
+    if unknown := [s for s in spec["run_order"] if s not in known]:
+        raise ValueError(f"{path}: run_order names unknown systems {unknown}")
+    return spec
+
+
+@dataclass
+class Benchmark:
+    """One spec (see the module docstring) and what runs it."""
+
+    name: str  # the report section (``<!-- begin NAME -->``) and plot prefix
+    script: str  # the command that runs it, relative to the repository root
+    spec: dict[str, Any]
+
+    @classmethod
+    def from_yaml(cls, name: str, script: str, path: Path) -> Benchmark:
+        return cls(name, script, load_spec(path))
+
+    # ------------------------------------------------------------------------- the spec
+    @property
+    def settings(self) -> dict[str, dict[str, Any]]:
+        return self.spec["settings"]
+
+    @property
+    def systems(self) -> dict[str, dict[str, Any]]:
+        return self.spec["systems"]
+
+    @property
+    def zero_shot_systems(self) -> tuple[str, ...]:
+        return tuple(self.spec.get("zero_shot", []))
+
+    @property
+    def run_order(self) -> tuple[str, ...]:
+        return tuple(self.spec["run_order"])
+
+    @property
+    def canonical(self) -> tuple[str, ...]:
+        """Table order: the systems as defined, then the zero-shot rows."""
+        return (*self.systems, *self.zero_shot_systems)
+
+    def systems_of(self, setting: str, args) -> list[str]:
+        """The selected systems this setting runs (its ``systems`` list, default all), in
+        the selection's order."""
+        own = self.settings[setting].get("systems", self.canonical)
+        return [s for s in args.systems if s in own]
+
+    def steps(self, setting: str, args) -> dict[str, int]:
+        """``stage1``, ``stage2``, ``curve_every``: the command line's, else the setting's,
+        else the spec's."""
+        flags = {"stage1": "stage1_steps", "stage2": "stage2_steps", "curve_every": "curve_every"}
+        own = {**self.spec["steps"], **self.settings[setting].get("steps", {})}
+        given = {key: getattr(args, flag, None) for key, flag in flags.items()}
+        return {key: own[key] if given[key] is None else given[key] for key in flags}
+
+    def dev_examples(self, setting: str, args):
+        dev = self.settings[setting]["dev"]
+        limit = args.dev_limit if args.dev_limit is not None else dev.get("limit", 50)
+        return load_qa(dev["source"], limit=limit, seed=dev.get("seed"), **dev.get("options", {}))
+
+    def test_examples(self, setting: str, test: str, args):
+        spec = self.settings[setting]["tests"][test]
+        limit = args.eval_limit if args.eval_limit is not None else spec.get("limit", 100)
+        return load_qa(
+            spec["source"], limit=limit, seed=spec.get("seed"), **spec.get("options", {})
+        )
+
+    def eval_folder(self, setting: str, test: str, out: Path) -> Path:
+        return out / "eval" / self.settings[setting]["tests"][test].get("folder", test)
+
+    # ------------------------------------------------------------------------- configs
+    def stage_config(self, system: str, setting: str, stage: int, args, out: Path) -> Any:
+        """The training config of one stage of one system."""
+        spec, info = self.settings[setting], self.systems[system]
+        steps = self.steps(setting, args)
+        ae = bool(info.get("autoencoding"))
+        options = {**info["options"], "ratio": spec["ratio"]}
+        if ae:
+            options["autoencoding"] = True
+        if stage == 1:
+            texts = self.spec["stage1_texts"]
+            data = [{**t, "objective": "continuation"} for t in texts]
+            if ae:
+                data += [{**t, "objective": "autoencoding"} for t in texts]
+        else:
+            data = [{**d, "objective": "qa"} for d in spec["train"]]
+        loop = {
+            **self.spec["loop"],
+            "steps": steps[f"stage{stage}"],
+            "save_every": steps["curve_every"],
+            "continuation_max_tokens": spec["window"],
+            **info.get("train", {}),
+        }
+        config = {
+            "method": info["method"],
+            "base_model": "embedded",
+            "method_options": options,
+            "data": data,
+            "train": loop,
+            "output_dir": str(out / "train" / system / f"stage{stage}"),
+        }
+        if stage == 2 and steps["stage1"] > 0:
+            config["init_from"] = str(out / "train" / system / "stage1" / "compressor")
+        if stage == 2 and info.get("distill"):
+            teacher = out / "train" / info["distill"] / "stage2" / "compressor"
+            config["distill"] = {"weight": 1.0, "temperature": 1.0, "teacher": str(teacher)}
+        return parse_config(config)
+
+    # ------------------------------------------------------------------------- one system
+    def train_system(self, system: str, setting: str, args, out: Path, dev) -> cc.Compressor:
+        """Stage 1, then stage 2 with a dev-F1 point every ``curve_every`` steps."""
+        clock = {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
+        steps = self.steps(setting, args)
+        if steps["stage1"] > 0:
+            config = self.stage_config(system, setting, 1, args, out)
+            if not (Path(config.output_dir) / "compressor").is_dir():
+                Trainer(config).run()
+            clock = stage1_clock(config)
+        config = self.stage_config(system, setting, 2, args, out)
+        trainer = Trainer(config)
+        every = steps["curve_every"]
+        train_with_dev_curve(trainer, system, dev, out, every, clock=clock, tag=self.name)
+        times = load_json(out / "train_seconds.json", {})
+        times[system] = {
+            "stage1": clock,
+            "stage2": {
+                "train_seconds": trainer.train_seconds,
+                "train_cpu_seconds": trainer.train_cpu_seconds,
+            },
+        }
+        write_json(out / "train_seconds.json", times)
+        return trainer.compressor
+
+    def zero_shot(self, system: str, setting: str) -> cc.Compressor:
+        base = cc.load_base_model()
+        options = chat_prompt_options(base.tokenizer)
+        if system == "zs_truncation":
+            ratio = self.settings[setting]["ratio"]
+            return cc.build_compressor("truncation", base, ratio=ratio, **options)
+        return cc.build_compressor("full_context", base, **options)
+
+    def label(self, system: str, setting: str) -> str:
+        if system in self.systems or system == "zs_truncation":
+            return f"{system}@{self.settings[setting]['ratio']}x"
+        return system
+
+    def run_setting(self, setting: str, args) -> None:
+        out = args.out / setting
+        out.mkdir(parents=True, exist_ok=True)
+        tests = list(self.settings[setting]["tests"])
+        dev = self.dev_examples(setting, args)
+        examples = {t: self.test_examples(setting, t, args) for t in tests}
+        stage2 = self.steps(setting, args)["stage2"]
+        for system in self.systems_of(setting, args):
+            paths = {t: self.eval_folder(setting, t, out) / f"{system}.json" for t in tests}
+            if all(self.is_current(system, p, stage2) for p in paths.values()):
+                continue
+            if system in self.systems:
+                teacher = self.systems[system].get("distill")
+                if teacher and not (out / "train" / teacher / "stage2" / "compressor").is_dir():
+                    # The teacher's weights are not kept in git: train it again
+                    # (deterministic: the same weights; its curve and tests are reused).
+                    self.train_system(teacher, setting, args, out, dev)
+                comp = self.train_system(system, setting, args, out, dev)
+            else:
+                comp = self.zero_shot(system, setting)
+            for test, path in paths.items():
+                if self.is_current(system, path, stage2):
+                    continue
+                start = time.perf_counter()
+                label = self.label(system, setting)
+                result = evaluate(
+                    comp, examples[test], max_new_tokens=32, batch_size=16, label=label
+                )
+                key = f"eval:{system}" if test == tests[0] else f"eval:{test}:{system}"
+                add_seconds(out / "wall_seconds.json", key, time.perf_counter() - start)
+                result.info.update(setting=setting, test=test)
+                if system in self.systems:
+                    result.info["stage2_steps"] = stage2
+                result.save(path)
+            del comp
+        curves = load_json(out / "curves.json", {})
+        self.plot(curves, out / "curves.png", setting, args)
+
+    def is_current(self, system: str, path: Path, stage2: int) -> bool:
+        """An evaluation that need not run again: saved, and for a trained system after
+        ``stage2`` QA steps (a run given more steps continues training and evaluates again;
+        evaluations saved before the step count was recorded count as current)."""
+        if not path.is_file():
+            return False
+        if system not in self.systems:
+            return True
+        info = json.loads(path.read_text()).get("info", {})
+        return info.get("stage2_steps", stage2) == stage2
+
+    # ------------------------------------------------------------------------- reports
+    def finished(self, setting: str, test: str, args) -> tuple[list[str], list[EvalResult]]:
+        """The names and results of the selected systems with a saved evaluation on ``test``,
+        in the canonical order."""
+        folder = self.eval_folder(setting, test, args.out / setting)
+        selected = self.systems_of(setting, args)
+        ordered = [s for s in self.canonical if s in selected]
+        done = [s for s in ordered if (folder / f"{s}.json").is_file()]
+        return done, [EvalResult.load(folder / f"{s}.json") for s in done]
+
+    def curve_table(self, curves: dict[str, list[dict]]) -> str:
+        """Dev F1 (%) by QA step, one row per system."""
+        steps = sorted({p["step"] for points in curves.values() for p in points})
+        lines = [
+            "| system | " + " | ".join(f"step {s}" for s in steps) + " |",
+            "|---|" + "---|" * len(steps),
+        ]
+        for system in [s for s in self.canonical if s in curves]:
+            f1 = {p["step"]: f"{100 * p['f1']:.1f}" for p in curves[system]}
+            lines.append(f"| {system} | " + " | ".join(f1.get(s, "") for s in steps) + " |")
+        return "\n".join(lines)
+
+    def time_table(self, times: dict[str, dict], walls: dict[str, float]) -> str:
+        """Minutes per system: training CPU time per stage, training wall time, evaluation
+        wall time (dev curve and tests; "-" where it was not recorded)."""
+        lines = [
+            "| system | stage 1 CPU min | stage 2 CPU min | training wall min "
+            "| dev-curve evals wall min | test evals wall min |",
+            "|---|---|---|---|---|---|",
+        ]
+
+        def minutes(seconds: float | None) -> str:
+            return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+        for system in self.canonical:
+            stages = times.get(system)
+            evals = [
+                v
+                for k, v in walls.items()
+                if k.startswith("eval:") and k.rsplit(":", 1)[-1] == system
+            ]
+            if not stages and not evals:
+                continue
+            cpu = [(stages or {}).get(k, {}).get("train_cpu_seconds") for k in ("stage1", "stage2")]
+            wall = sum(v["train_seconds"] for v in stages.values()) if stages else None
+            cells = [*map(minutes, cpu), minutes(wall)]
+            cells += [minutes(walls.get(f"dev:{system}")), minutes(sum(evals) if evals else None)]
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def plot(self, curves: dict[str, list[dict]], path: Path, setting: str, args) -> None:
+        if not curves:
+            return
+        dev = self.settings[setting]["dev"]
+        limit = args.dev_limit if args.dev_limit is not None else dev.get("limit", 50)
+        # CPU time of the training steps (all threads): unlike wall time, it does not count
+        # while the job is paused, and it survives resumption (the trainer checkpoints it).
+        plot_curves(
+            curves,
+            path,
+            f"{dev['source']} (first {limit}), SmolLM2-135M, setting {setting}",
+            "QA fine-tuning step (after stage 1)",
+            "training compute, stage 1 + 2 (CPU minutes, all threads)",
+        )
+
+    def test_report(self, setting: str, test: str, args) -> list[str]:
+        spec = self.settings[setting]["tests"][test]
+        _, results = self.finished(setting, test, args)
+        parts = (
+            [f"#### `{setting}` on `{spec['source']}`"]
+            if len(self.settings[setting]["tests"]) > 1
+            else []
+        )
+        if not results:
+            return [*parts, "Nothing evaluated yet."]
+        results += standard_references(spec.get("standard"), results)
+        metric = "string_match" if all("string_match" in r.overall for r in results) else "f1"
+        drawn = f", drawn with seed {spec['seed']}" if spec.get("seed") is not None else ""
+        parts.append(
+            f"`{spec['source']}`, first {results[0].overall['n']} items{drawn}; scores in %."
+        )
+        parts.append(markdown_table(results))
+        by_label = {r.method: r for r in results}
+        references = [
+            by_label[label]
+            for s in self.spec["difference_references"]
+            if (label := self.label(s, setting)) in by_label
+        ]
+        if references:
+            parts.append(difference_legend(references, metric))
+            parts.append(difference_table(results, references, metric))
+        targets = [
+            t for t in self.spec.get("targets", []) if t["test"] == test and t["setting"] == setting
+        ]
+        if rows := target_rows(targets, by_label, self, setting, metric):
+            parts.append(
+                f"Targets ({LABELS.get(metric, metric)}, ratio of means with its "
+                "paired 95% bootstrap interval):"
+            )
+            parts.append(rows)
+        key = depth_key(results)
+        if key and len({p.meta[key] for r in results for p in r.predictions}) > 1:
+            parts.append(f"{LABELS.get(metric, metric)} (%) by `{key}` (n per bin):")
+            parts.append(depth_table(results, key, metric))
+        return parts
+
+    def write_report(self, args, page: Path) -> None:
+        """Write what has finished into ``page`` between the markers (trains nothing)."""
+        parts = [
+            f"Produced by `{self.command_line(args)}` (resumes where it stopped; `--report "
+            f"{page}` rewrites this section from what has finished). Machine: "
+            f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch "
+            f"{torch.__version__}."
+        ]
+        for setting in args.settings:
+            spec, out = self.settings[setting], args.out / setting
+            steps = self.steps(setting, args)
+            parts.append(f"### Setting `{setting}`: {spec['description']}")
+            parts.append(
+                f"Stage 1: {steps['stage1']} steps; stage 2 (QA): {steps['stage2']} steps on "
+                + ", ".join(f"`{d['source']}`" for d in spec["train"])
+                + f"; dev curve on `{spec['dev']['source']}` every {steps['curve_every']} steps."
+            )
+            for test in spec["tests"]:
+                parts += self.test_report(setting, test, args)
+            done = set()
+            for test in spec["tests"]:
+                done |= set(self.finished(setting, test, args)[0])
+            if missing := [s for s in self.systems_of(setting, args) if s not in done]:
+                parts.append(f"Not finished yet: {', '.join(missing)}.")
+            curves = load_json(out / "curves.json", {})
+            if curves:
+                plot = page.parent / "results" / f"{self.name}_{setting}.png"
+                plot.parent.mkdir(parents=True, exist_ok=True)
+                self.plot(curves, plot, setting, args)
+                parts.append(
+                    f"Learning curves: dev F1 every {steps['curve_every']} QA steps, after "
+                    "stage 1. Right: against the CPU time of the training steps (both "
+                    "stages, all threads; about twice the wall time on 2 threads)."
+                )
+                parts.append(f"![learning curves, {setting}](results/{plot.name})")
+                parts.append(self.curve_table(curves))
+            times = load_json(out / "train_seconds.json", {})
+            walls = load_json(out / "wall_seconds.json", {})
+            if times or walls:
+                parts.append("Time per system (this machine, all sessions together):")
+                parts.append(self.time_table(times, walls))
+                cpu = sum(v["train_cpu_seconds"] for t in times.values() for v in t.values())
+                wall = sum(v["train_seconds"] for t in times.values() for v in t.values())
+                wall += sum(walls.values())
+                parts.append(
+                    f"Total: {cpu / 3600:.1f} CPU hours of training; {wall / 3600:.1f} hours "
+                    "of wall time for training and the recorded evaluations."
+                )
+            results_dir = (
+                args.out.resolve().relative_to(ROOT)
+                if args.out.resolve().is_relative_to(ROOT)
+                else args.out
+            )
+            parts.append(f"Every prediction: `{results_dir}/{setting}/eval/`.")
+        replace_section(page, self.name, "\n\n".join(parts))
+        print(f"written {page}")
+
+    # ------------------------------------------------------------------------- command
+    def command_line(self, args, **overrides: Any) -> str:
+        exclude = ["out", "report", "command"]
+        exclude += [k for k, v in {**vars(args), **overrides}.items() if v is None]
+        return _command_line(self.script, args, exclude, **overrides)
+
+    def main(self, argv: list[str] | None = None, description: str = "") -> None:
+        parser = argparse.ArgumentParser(description=description)
+        default_out = ROOT / Path(self.script).parent / "results"
+        parser.add_argument("--out", type=Path, default=default_out)
+        parser.add_argument("--settings", default=",".join(self.settings))
+        parser.add_argument(
+            "--systems",
+            default=",".join(self.run_order),
+            help="comma-separated, trained in this order (the table keeps the canonical order)",
+        )
+        for flag in ("--stage1-steps", "--stage2-steps", "--curve-every"):
+            parser.add_argument(flag, type=int, default=None, help="default: the spec's")
+        parser.add_argument("--dev-limit", type=int, default=None, help="default: the spec's")
+        parser.add_argument("--eval-limit", type=int, default=None, help="default: the spec's")
+        parser.add_argument(
+            "--report",
+            type=Path,
+            metavar="PAGE",
+            help=f"train nothing: write what has finished into PAGE between its "
+            f"<!-- begin {self.name} --> / <!-- end {self.name} --> markers",
+        )
+        args = parser.parse_args(argv)
+        args.settings = [s for s in args.settings.split(",") if s]
+        if unknown := [s for s in args.settings if s not in self.settings]:
+            parser.error(f"unknown settings {unknown}; known: {list(self.settings)}")
+        args.systems = list(dict.fromkeys(s for s in args.systems.split(",") if s))
+        if unknown := [s for s in args.systems if s not in self.canonical]:
+            parser.error(f"unknown systems {unknown}; known: {list(self.canonical)}")
+        if args.report:
+            self.write_report(args, args.report)
+            return
+        summary_path = args.out / "summary.json"
+        summary = load_json(summary_path, {"settings": {}})
+        summary["machine"] = {
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        }
+        for setting in args.settings:
+            self.run_setting(setting, args)
+            tables = {}
+            for test in self.settings[setting]["tests"]:
+                done, results = self.finished(setting, test, args)
+                if results:
+                    tables[test] = {
+                        "command": self.command_line(args, settings=[setting], systems=done),
+                        "table": markdown_tables(results),
+                        "overall": {r.method: r.overall for r in results},
+                    }
+                    print(tables[test]["table"], flush=True)
+            summary["settings"][setting] = {
+                "tests": tables,
+                "eval_wall_seconds": load_json(args.out / setting / "wall_seconds.json", {}),
+                "train_seconds": load_json(args.out / setting / "train_seconds.json", {}),
+            }
+            write_json(summary_path, summary)
+
+
+def stage1_clock(config) -> dict[str, float]:
+    """Training seconds of a finished stage 1, from its last metrics line (resume-proof)."""
+    lines = (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    return {k: float(last.get(k, 0.0)) for k in ("train_seconds", "train_cpu_seconds")}
+
+
+def standard_references(setting: str | None, results: list[EvalResult]) -> list[EvalResult]:
+    """The zero-shot and kvpress rows of ``benchmarks/standard/run.py``'s ``setting``, when it
+    scored exactly the same items as ``results`` (else none: a paired table needs them)."""
+    if not setting:
+        return []
+    from benchmarks.standard import run as standard
+
+    args = argparse.Namespace(out=STANDARD_RESULTS)
+    ids = {p.id for p in results[0].predictions}
+    rows = [r for r in standard.finished(setting, args) if {p.id for p in r.predictions} == ids]
+    for r in rows:
+        r.method = f"{r.method} (zero-shot)" if not r.method.startswith("kvpress:") else r.method
+    return rows
+
+
+def target_rows(
+    targets: list[dict],
+    by_label: dict[str, EvalResult],
+    bench: Benchmark,
+    setting: str,
+    metric: str,
+) -> str:
+    """One line per target: ``system / reference`` with its interval, met or missed."""
+    lines = ["| target | ratio [95% CI] | needed | verdict |", "|---|---|---|---|"]
+    for t in targets:
+        system = by_label.get(bench.label(t["system"], setting))
+        if t["against"] == "best_kvpress":
+            presses = [r for name, r in by_label.items() if name.startswith("kvpress:")]
+            reference = max(presses, key=lambda r: r.overall[metric], default=None)
+        else:
+            reference = by_label.get(bench.label(t["against"], setting))
+        if system is None or reference is None:
+            continue
+        ratio = paired_ratio(system, reference, metric)
+        verdict = "met" if ratio.mean >= t["at_least"] else "missed"
+        if verdict == "met" and ratio.low < t["at_least"]:
+            verdict = "met (interval reaches below)"
+        lines.append(
+            f"| {system.method} / {reference.method} | {ratio.mean:.2f} "
+            f"[{ratio.low:.2f}, {ratio.high:.2f}] | >= {t['at_least']} | {verdict} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
