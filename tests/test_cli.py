@@ -266,7 +266,7 @@ def test_demo_trains_evaluates_and_writes_its_outputs(tmp_path):
     settings = demo.DemoSettings(
         steps=2, batch_size=2, eval_limit=3, max_new_tokens=4, out_dir=tmp_path / "demo"
     )
-    overall = demo.main(tiny_model(), settings, console=Console(file=buffer, width=140))
+    overall = demo.main(tiny_model(), settings, console=Console(file=buffer, width=140), train=True)
     printed = buffer.getvalue()
     assert [k.split(" ")[0] for k in overall] == [
         "sac@4x",
@@ -286,7 +286,7 @@ def test_demo_trains_evaluates_and_writes_its_outputs(tmp_path):
     assert len(list((out / "eval").glob("*.json"))) == 4
     assert "What this measured" in printed and "sac@4x" in printed
     # A rerun reuses the finished training (resumes at its last step, trains nothing).
-    again = demo.main(tiny_model(), settings, console=Console(file=io.StringIO()))
+    again = demo.main(tiny_model(), settings, console=Console(file=io.StringIO()), train=True)
     assert again.keys() == overall.keys()
 
 

@@ -63,3 +63,47 @@ def test_nothing_is_shipped_yet_and_the_message_says_so():
     with pytest.raises(ModelLoadError, match="none yet"):
         cc.load_compressor("embedded:sac-4x")
     assert not shipped.is_shipped_name("embedded:smollm2-135m-instruct")  # a base model
+
+
+def test_the_demo_measures_each_shipped_compressor_against_its_card(package, tmp_path):
+    """`make demo` with a shipped compressor: no training; the compressor, truncation to its
+    ratio and the full context on the card's items, the card's scores beside (recorded with
+    the same evaluation code, so they match), KV memory, and a worked example."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from ctxcompress import demo
+    from ctxcompress.demo import pretrained
+
+    root, _ = package
+    items = tmp_path / "items.jsonl"
+    rows = [{"context": TEXT, "question": f"What is item {i}?", "answers": ["x"]} for i in range(3)]
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"data": f"jsonl:{items}", "limit": 3, "metric": "f1", "max_new_tokens": 4}
+    base = tiny_model()
+    (root / "sac-test" / pretrained.DEMO_FILE).write_text(json.dumps(spec))
+    shipped.write_manifest(root / "sac-test")
+    results, _ = pretrained.rows("embedded:sac-test", spec, base, {})
+    assert [r.method for r in results] == [
+        "sac-test",
+        "truncation@4x (zero-shot)",
+        "full_context (zero-shot)",
+    ]
+    card = {r.method: r.overall["f1"] for r in results}  # what shipping records
+    card["full_context (zero-shot)"] += 0.5  # one stale number: flagged, not hidden
+    (root / "sac-test" / pretrained.DEMO_FILE).write_text(json.dumps({**spec, "scores": card}))
+    shipped.write_manifest(root / "sac-test")
+    buffer = io.StringIO()
+    summary = demo.main(base, console=Console(file=buffer, width=160))
+    printed = buffer.getvalue()
+    assert list(summary) == ["embedded:sac-test"]
+    assert printed.count("(matches)") == 2 and printed.count("(differs)") == 1
+    assert "a worked example" in printed and "What is item" in printed
+    assert "KV KiB" in printed and "Loaded base model" in printed
+    entry = pretrained.kv_bytes_per_entry(base)
+    config = base.model.config
+    assert entry == 2 * config.num_hidden_layers * config.num_key_value_heads * 4 * (
+        config.hidden_size // config.num_attention_heads
+    )

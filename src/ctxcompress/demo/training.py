@@ -1,4 +1,4 @@
-"""``ctxcompress demo`` (``make demo``): train a small SAC compressor and measure it.
+"""``ctxcompress demo --train``: train a small SAC compressor and measure it.
 
 On the embedded SmolLM2-135M-Instruct and the ACLSum data set (installed from PyPI, so the
 demo needs no files beside the repository), it
@@ -34,11 +34,11 @@ from transformers.utils import logging as hf_logging
 
 import ctxcompress as cc
 
-from .data import load_summarization
-from .evaluation import EvalResult, evaluate, markdown_table, plot_quality_vs_ratio
-from .models import BaseModel
-from .prompts import chat_prompt_options
-from .training import Trainer, parse_config
+from ..data import load_summarization
+from ..evaluation import EvalResult, evaluate, markdown_table, plot_quality_vs_ratio
+from ..models import BaseModel
+from ..prompts import chat_prompt_options
+from ..training import Trainer, parse_config
 
 
 @dataclass
@@ -60,7 +60,8 @@ class DemoSettings:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
+    """Silence transformers' logging, progress bars and warnings (the demo prints its own)."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -125,7 +126,7 @@ def main(
         f"{s.eval_data} against truncation to the same budget, the full context and no "
         "context. CPU-sized: expect about 5 minutes."
     )
-    with _quiet():
+    with quiet():
         started = time.perf_counter()
         base = base_model if isinstance(base_model, BaseModel) else cc.load_base_model(base_model)
         console.print(f"Loaded base model {base.source} in {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,176 @@
+"""``ctxcompress demo`` (``make demo``): the shipped compressors, measured on held-out items.
+
+For every compressor shipped in the package (``embedded:<name>``, :mod:`ctxcompress.shipped`)
+it compresses the held-out documents its model card was scored on, answers their questions,
+and prints side by side the compressor, the frozen model reading the context truncated to the
+same ratio, and the full context (both zero-shot, through the chat template): quality, the KV
+entries the decoder holds (and their bytes), answer latency, the model card's score for the
+same items, and one worked example a person can read. Nothing is trained.
+
+The items and the card's scores come from the compressor's ``demo.json`` (written when it was
+shipped, by the same evaluation code), so the printed table and the card agree on these
+items; a score that differs by more than :data:`CARD_TOLERANCE` is flagged, never hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+import ctxcompress as cc
+
+from .. import shipped
+from ..data import load_qa
+from ..evaluation import EvalResult, evaluate
+from ..models import BaseModel
+from ..prompts import chat_prompt_options
+from .training import quiet
+
+CARD_TOLERANCE = 0.005
+"""How far (0-1 scale, i.e. half a point in %) a score may sit from the card's and still match:
+greedy decoding in float32 can differ in a last digit across CPUs."""
+
+DEMO_FILE = "demo.json"
+
+
+def demo_spec(name: str) -> dict[str, Any]:
+    """The shipped compressor's ``demo.json``: ``data``, ``limit``, ``seed``, ``options``,
+    ``metric`` and the card's ``scores`` by row label (checksums verified first)."""
+    folder = shipped.resolve(name)
+    path = folder / DEMO_FILE
+    if not path.is_file():
+        raise cc.errors.CorruptFileError(f"{name}: {DEMO_FILE} is missing: reinstall ctxcompress")
+    return json.loads(path.read_text())
+
+
+def kv_bytes_per_entry(base: BaseModel) -> int:
+    """Bytes of one KV-cache entry of the decoder (keys and values of every layer), in the
+    base model's dtype: what each kept entry costs whatever the method."""
+    config = base.model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    element = next(base.model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * element
+
+
+def rows(
+    name: str, spec: dict[str, Any], base: BaseModel, cache: dict[str, EvalResult]
+) -> tuple[list[EvalResult], dict[str, str]]:
+    """The shipped compressor and its two zero-shot references on the demo's items (the
+    references are cached by data and ratio: compressors on the same items share them), and
+    the items' contexts by id. ``base`` is the frozen model of the references; the compressor
+    loads its own copy of the base model it was trained on (a model object carries one
+    compressor's adapter)."""
+    comp = cc.load_compressor(name)
+    examples = load_qa(
+        spec["data"], limit=spec["limit"], seed=spec.get("seed"), **spec.get("options", {})
+    )
+    chat = chat_prompt_options(base.tokenizer) if base.tokenizer.chat_template else {}
+    ratio = comp.config.ratio
+    references = {
+        f"truncation@{ratio}x (zero-shot)": lambda: cc.build_compressor(
+            "truncation", base, ratio=ratio, **chat
+        ),
+        "full_context (zero-shot)": lambda: cc.build_compressor("full_context", base, **chat),
+    }
+    limits = {"max_new_tokens": spec.get("max_new_tokens", 32), "batch_size": 16}
+    results = [evaluate(comp, examples, label=name.removeprefix(shipped.PREFIX), **limits)]
+    for label, build in references.items():
+        key = f"{spec['data']}|{spec['limit']}|{spec.get('seed')}|{label}"
+        if key not in cache:
+            cache[key] = evaluate(build(), examples, label=label, **limits)
+        results.append(cache[key])
+    return results, {e.id: e.context for e in examples}
+
+
+def table(name: str, spec: dict[str, Any], results: list[EvalResult], entry_bytes: int) -> Table:
+    metric = spec.get("metric", "f1")
+    n = results[0].overall["n"]
+    out = Table(title=f"{name} on {spec['data']}: {n} held-out questions ({metric}, %)")
+    columns = ("system", metric, "model card", "KV entries", "KV KiB", "ratio", "answer ms")
+    for column in columns:
+        out.add_column(column, justify="left" if column == "system" else "right")
+    card = spec.get("scores", {})
+    for r in results:
+        score = r.overall[metric]
+        expected = card.get(r.method)
+        if expected is None:
+            card_cell = "-"
+        elif abs(expected - score) <= CARD_TOLERANCE:
+            card_cell = f"{100 * expected:.1f} (matches)"
+        else:
+            card_cell = f"[red]{100 * expected:.1f} (differs)[/red]"
+        entries = r.overall["compressed_length"]
+        out.add_row(
+            r.method,
+            f"{100 * score:.1f}",
+            card_cell,
+            f"{entries:.0f} of {r.overall['original_length']:.0f}",
+            f"{entries * entry_bytes / 1024:.0f}",
+            f"{r.ratio:.1f}x",
+            f"{1000 * r.seconds['generate'] / n:.0f}",
+        )
+    return out
+
+
+def worked_example(results: list[EvalResult], metric: str, contexts: dict[str, str]) -> str:
+    """The first item the compressor answers better than truncation (else the first item):
+    question, gold answer, every system's answer, and where the context starts."""
+    comp, truncation = results[0], results[1]
+    by_id = {p.id: p for p in truncation.predictions}
+    chosen = next(
+        (p for p in comp.predictions if p.scores[metric] > by_id[p.id].scores[metric]),
+        comp.predictions[0],
+    )
+    context = contexts.get(chosen.id, "")
+    lines = [
+        f"[bold]Question[/bold] ({chosen.id}): {chosen.question}",
+        f"[bold]Context[/bold] ({chosen.original_length} tokens): {context[:240]}...",
+        f"[bold]Gold[/bold]: {chosen.golds[0]}",
+    ]
+    for r in results:
+        p = next(q for q in r.predictions if q.id == chosen.id)
+        lines.append(f"[bold]{r.method}[/bold] ({100 * p.scores[metric]:.0f}): {p.prediction}")
+    return "\n".join(lines)
+
+
+def main(base_model: BaseModel | str | None = None, console: Console | None = None) -> dict:
+    """Run the demo on every shipped compressor; returns each one's rows' scores."""
+    console = console or Console()
+    names = shipped.available()
+    console.rule("[bold]ctxcompress demo: pretrained compressors")
+    summary: dict[str, dict[str, Any]] = {}
+    with quiet():
+        started = time.perf_counter()
+        base = base_model if isinstance(base_model, BaseModel) else cc.load_base_model(base_model)
+        entry_bytes = kv_bytes_per_entry(base)
+        console.print(f"Loaded base model {base.source} in {time.perf_counter() - started:.1f} s")
+        cache: dict[str, EvalResult] = {}
+        for name in names:
+            spec = demo_spec(name)
+            results, contexts = rows(name, spec, base, cache)
+            metric = spec.get("metric", "f1")
+            console.print(table(name, spec, results, entry_bytes))
+            example = worked_example(results, metric, contexts)
+            console.print(Panel(example, title=f"{name}: a worked example"))
+            summary[name] = {r.method: r.overall for r in results}
+    card = Path(str(shipped.root()))
+    console.print(
+        Panel(
+            "Each compressor's model card (data, training steps, recipe, scores with their "
+            f"commands, limits) is in {card}/<name>/MODEL_CARD.md. These are small held-out "
+            "samples: read differences of a few points as noise; the cards give the full test "
+            "sets with paired intervals. `ctxcompress demo --train` trains a compressor "
+            "from scratch instead.",
+            title="What this measured",
+            border_style="yellow",
+        )
+    )
+    return summary
