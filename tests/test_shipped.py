@@ -107,3 +107,25 @@ def test_the_demo_measures_each_shipped_compressor_against_its_card(package, tmp
     assert entry == 2 * config.num_hidden_layers * config.num_key_value_heads * 4 * (
         config.hidden_size // config.num_attention_heads
     )
+
+
+def test_shipping_stores_the_learned_tensors_in_bfloat16_and_they_still_load(tmp_path):
+    """benchmarks/headline/ship.py's storage step: every float tensor of the saved folder in
+    bfloat16 (half the bytes), loadable as before, with outputs within bfloat16 rounding."""
+    from benchmarks.headline import ship
+    from safetensors.torch import load_file
+
+    comp = cc.build_compressor("sac", cc.load_base_model("tiny"), ratio=4, lora_rank=4)
+    randomize_trainables(comp)
+    folder = comp.save_pretrained(tmp_path / "sac")
+    before = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    ship.to_bfloat16(folder)
+    after = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert after < 0.6 * before
+    for path in folder.rglob("*.safetensors"):
+        assert {t.dtype for t in load_file(str(path)).values()} == {torch.bfloat16}
+    loaded = cc.load_compressor(folder, base_model=tiny_model())
+    original, stored = comp.compress(TEXT), loaded.compress(TEXT)
+    assert stored.keys.dtype == original.keys.dtype == torch.float32  # computed in float32
+    torch.testing.assert_close(stored.keys, original.keys, rtol=0.05, atol=0.05)
+    assert ship.trained_steps(tmp_path) == 0  # no metrics.jsonl: no steps

@@ -61,14 +61,19 @@ def kv_bytes_per_entry(base: BaseModel) -> int:
 
 
 def rows(
-    name: str, spec: dict[str, Any], base: BaseModel, cache: dict[str, EvalResult]
+    name: str,
+    spec: dict[str, Any],
+    base: BaseModel,
+    cache: dict[str, EvalResult],
+    comp: cc.Compressor | None = None,
 ) -> tuple[list[EvalResult], dict[str, str]]:
     """The shipped compressor and its two zero-shot references on the demo's items (the
     references are cached by data and ratio: compressors on the same items share them), and
     the items' contexts by id. ``base`` is the frozen model of the references; the compressor
     loads its own copy of the base model it was trained on (a model object carries one
-    compressor's adapter)."""
-    comp = cc.load_compressor(name)
+    compressor's adapter); ``comp``: the compressor already loaded (when it is being
+    shipped)."""
+    comp = comp or cc.load_compressor(name)
     examples = load_qa(
         spec["data"], limit=spec["limit"], seed=spec.get("seed"), **spec.get("options", {})
     )
