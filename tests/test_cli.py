@@ -263,7 +263,7 @@ def test_model_folder_that_is_not_a_compressor(tmp_path):
 def test_demo_trains_evaluates_and_writes_its_outputs(tmp_path):
     """The whole demo loop at smoke size on a tiny model (the real run: `make demo`)."""
     buffer = io.StringIO()
-    settings = demo.DemoSettings(
+    settings = demo.DemoSettings.from_yaml(
         steps=2, batch_size=2, eval_limit=3, max_new_tokens=4, out_dir=tmp_path / "demo"
     )
     overall = demo.main(tiny_model(), settings, console=Console(file=buffer, width=140), train=True)
@@ -288,6 +288,26 @@ def test_demo_trains_evaluates_and_writes_its_outputs(tmp_path):
     # A rerun reuses the finished training (resumes at its last step, trains nothing).
     again = demo.main(tiny_model(), settings, console=Console(file=io.StringIO()), train=True)
     assert again.keys() == overall.keys()
+
+
+def test_demo_settings_come_from_the_packaged_yaml_and_refuse_typos(tmp_path):
+    import yaml
+
+    from ctxcompress.demo import training
+    from ctxcompress.errors import InvalidInputError
+
+    settings = demo.DemoSettings.from_yaml()
+    assert settings.out_dir == Path("demo-output") and settings.steps > 0
+    assert vars(settings) | {"out_dir": "demo-output"} == yaml.safe_load(
+        training.SETTINGS_FILE.read_text()
+    )
+    bad = tmp_path / "demo.yaml"
+    bad.write_text(training.SETTINGS_FILE.read_text() + "stepz: 3\n")
+    with pytest.raises(InvalidInputError, match=r"unknown demo settings \['stepz'\]"):
+        demo.DemoSettings.from_yaml(bad)
+    bad.write_text("ratio: 4\n")
+    with pytest.raises(InvalidInputError, match="are missing"):
+        demo.DemoSettings.from_yaml(bad)
 
 
 def test_method_aliases_work_in_the_cli_as_in_build_compressor(tmp_path):

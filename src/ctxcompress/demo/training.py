@@ -23,10 +23,11 @@ import contextlib
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -35,28 +36,47 @@ from transformers.utils import logging as hf_logging
 import ctxcompress as cc
 
 from ..data import load_summarization
+from ..errors import InvalidInputError
 from ..evaluation import EvalResult, evaluate, markdown_table, plot_quality_vs_ratio
 from ..models import BaseModel
 from ..prompts import chat_prompt_options
 from ..training import Trainer, parse_config
 
+SETTINGS_FILE = Path(__file__).with_name("training.yaml")
+
 
 @dataclass
 class DemoSettings:
-    """What the demo trains and evaluates (sized for about 5 minutes on 2 CPU cores)."""
+    """What the demo trains and evaluates; the defaults are ``training.yaml`` beside this
+    module (:meth:`from_yaml`), the one source of the demo's settings."""
 
-    ratio: int = 4
-    steps: int = 70
-    batch_size: int = 4
-    lr: float = 5e-4
-    lora_rank: int = 32
-    train_data: str = "aclsum:train"
-    eval_data: str = "aclsum:validation"
-    document: str = "abstract"
+    ratio: int
+    steps: int
+    batch_size: int
+    lr: float
+    lora_rank: int
+    train_data: str
+    eval_data: str
+    document: str
     """ACLSum document source: title + abstract (short enough for a CPU demo)."""
-    eval_limit: int = 30
-    max_new_tokens: int = 40
-    out_dir: Path = Path("demo-output")
+    eval_limit: int
+    max_new_tokens: int
+    out_dir: Path
+
+    @classmethod
+    def from_yaml(cls, path: Path = SETTINGS_FILE, **overrides: Any) -> DemoSettings:
+        """The settings of ``path`` (default the packaged ``training.yaml``), with
+        ``overrides``; an unknown or missing key is a clear error."""
+        values = {**yaml.safe_load(Path(path).read_text()), **overrides}
+        names = {f.name for f in fields(cls)}
+        if unknown := sorted(values.keys() - names):
+            raise InvalidInputError(
+                f"{path}: unknown demo settings {unknown}; known: {sorted(names)}"
+            )
+        if missing := sorted(names - values.keys()):
+            raise InvalidInputError(f"{path}: demo settings {missing} are missing")
+        values["out_dir"] = Path(values["out_dir"])
+        return cls(**values)
 
 
 @contextlib.contextmanager
@@ -116,7 +136,7 @@ def main(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the evaluation results by system (also written to disk)."""
-    s = settings or DemoSettings()
+    s = settings or DemoSettings.from_yaml()
     console = console or Console()
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
