@@ -8,8 +8,8 @@ On SmolLM2-135M-Instruct (issue 19; settings, systems, budgets and targets in
   train; learning curve on SQuAD dev (2 articles); tested on ``squad:test`` (the 100 items of
   ``benchmarks/standard/run.py``'s ``squad_r4``, whose zero-shot and kvpress rows the report
   adds, paired by item);
-* ``multi_16x``: ratio 16 on multi-paragraph contexts; QA on HotpotQA train (3 distractors)
-  + RULER-style qa at 1k tokens from SQuAD train; curve on HotpotQA dev; tested on HotpotQA
+* ``multi_16x``: ratio 16 on multi-paragraph contexts; QA on HotpotQA train (2 distractors)
+  + RULER-style qa at 768 tokens from SQuAD train; curve on HotpotQA dev; tested on HotpotQA
   (all 10 paragraphs) and RULER qa / niah at 2k and 4k tokens (again the standard items).
 
 Stage 1 is continuation on offline text; stage 2 QA with distillation from the setting's
