@@ -21,6 +21,7 @@ PRIMITIVES = (
     "ctxcompress.models",
     "ctxcompress.positions",
     "ctxcompress.masks",
+    "ctxcompress.windows",
     "ctxcompress.rope",
     "ctxcompress.shipped",
     "ctxcompress.quantization",

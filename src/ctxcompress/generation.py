@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from .context import CompressedContext
 from .models import cache_kwargs, output_cache
 from .shared_prefix import own_tokens_mask, shared_prefix_attention, supports
+from .windows import decoder_mask, local_window, new_cache
 
 
 @dataclass
@@ -58,6 +59,7 @@ class DecoderBatch:
     cache: DynamicCache | None
     prompt_lengths: list[int]
     next_positions: torch.Tensor  # [B], position id of the first generated token
+    key_positions: torch.Tensor  # [B, P + T], the position of every key (padding: 0)
 
 
 def build_decoder_batch(model: PreTrainedModel, prompts: Sequence[DecoderPrompt]) -> DecoderBatch:
@@ -74,37 +76,54 @@ def build_decoder_batch(model: PreTrainedModel, prompts: Sequence[DecoderPrompt]
         embeds[row, width - n :] = p.embeds
         positions[row, width - n :] = p.positions
         prompt_mask[row, width - n :] = 1
-    cache, context_mask = _stack_kv_contexts(model, prompts, device)
+    cache, context_mask, context_positions = _stack_kv_contexts(model, prompts, device)
     attention_mask = (
         prompt_mask if context_mask is None else torch.cat([context_mask, prompt_mask], 1)
     )
+    key_positions = (
+        positions if context_mask is None else torch.cat([context_positions, positions], 1)
+    )
     next_positions = positions[:, -1] + 1
-    return DecoderBatch(embeds, positions, attention_mask, cache, lengths, next_positions)
+    return DecoderBatch(
+        embeds, positions, attention_mask, cache, lengths, next_positions, key_positions
+    )
 
 
 def _stack_kv_contexts(model, prompts, device):
     contexts = [p.kv_context for p in prompts]
     if all(c is None for c in contexts):
-        return None, None
+        return None, None, None
+    # A windowed model's own cache would drop entries by index (windows.py): keep them all.
+    config = model.config if local_window(model.config) is None else None
     if any(c is None or c.kind != "kv" for c in contexts):  # an empty context has none
         raise ValueError("either every decoder row has a KV context or none has")
     first = contexts[0]
     if all(c is first for c in contexts):  # one context, many questions: share by expansion
-        cache = first.to_dynamic_cache(len(prompts), config=model.config)
+        cache = first.to_dynamic_cache(len(prompts), config=config)
         mask = torch.ones(len(prompts), first.compressed_length, dtype=torch.long, device=device)
-        return cache, mask
+        at = _entry_positions(first, device)[None].expand(len(prompts), -1)
+        return cache, mask, at
     width = max(c.compressed_length for c in contexts)
     n_layers, heads, _, dim = first.keys.shape
     keys = first.keys.new_zeros(n_layers, len(contexts), heads, width, dim)
     values = torch.zeros_like(keys)
     mask = torch.zeros(len(contexts), width, dtype=torch.long, device=device)
+    at = torch.zeros(len(contexts), width, dtype=torch.long, device=device)
     for row, c in enumerate(contexts):
         n = c.compressed_length
         keys[:, row, :, width - n :] = c.keys
         values[:, row, :, width - n :] = c.values
         mask[row, width - n :] = 1
-    cache = DynamicCache(ddp_cache_data=list(zip(keys, values, strict=True)), config=model.config)
-    return cache, mask
+        at[row, width - n :] = _entry_positions(c, device)
+    cache = DynamicCache(ddp_cache_data=list(zip(keys, values, strict=True)), config=config)
+    return cache, mask, at
+
+
+def _entry_positions(context: CompressedContext, device: torch.device) -> torch.Tensor:
+    """The positions the context's entries stand for (a context without them: 0, 1, ...)."""
+    if context.positions is not None:
+        return context.positions.to(device)
+    return torch.arange(context.compressed_length, device=device)
 
 
 class ReservedLayer(DynamicLayer):
@@ -160,7 +179,7 @@ def reserve_cache(
 ) -> DynamicCache:
     """``cache`` (or a new empty one) with every full-attention layer a :class:`ReservedLayer`
     holding ``capacity`` tokens; other layer kinds (sliding windows) stay as they are."""
-    cache = cache if cache is not None else DynamicCache(config=model.config)
+    cache = cache if cache is not None else new_cache(model.config)
     for index, layer in enumerate(cache.layers):
         if type(layer) is DynamicLayer:
             reserved = ReservedLayer(capacity)
@@ -201,11 +220,16 @@ def greedy_generate(
     finished = [False] * rows
     reasons = ["length"] * rows
     key_valid = batch.attention_mask  # [B, S]: 1 for every real key/value entry so far
+    key_positions = batch.key_positions  # [B, S]: their positions
+    windowed = local_window(model.config) is not None
 
     def forward(inputs_embeds, positions, cache, **extra):
         mask = key_valid
         if shared is not None:
             mask = own_tokens_mask(key_valid, inputs_embeds.shape[1])
+        elif windowed:  # local layers see by position (windows.py): explicit masks
+            count, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
+            mask = decoder_mask(model.config, key_valid, count, positions, key_positions, dtype)
         return model(
             inputs_embeds=inputs_embeds,
             position_ids=positions,
@@ -245,6 +269,7 @@ def greedy_generate(
             if all(finished) or step == max_new_tokens - 1:
                 break
             key_valid = torch.cat([key_valid, key_valid.new_ones(rows, 1)], 1)
+            key_positions = torch.cat([key_positions, positions[:, None]], 1)
             out = forward(embed(next_tokens[:, None]), positions[:, None], cache)
             cache, positions = output_cache(out), positions + 1
     answers = []

@@ -197,34 +197,6 @@ def max_positions(model: PreTrainedModel) -> int:
     return int(value) if value else 2**31 - 1
 
 
-def sliding_window_problem(config: Any) -> str | None:
-    """Why a model with sliding-window attention layers cannot take compressed contexts, or
-    ``None`` when every layer attends over all positions.
-
-    The rule (issue 23): a layer whose window is shorter than the model's positions would see
-    only the context entries within its window of each query — in the uncompressed model as
-    well — and ctxcompress's masks and injected caches do not restrict a layer to its window
-    (a 4-D mask given to transformers replaces its sliding-window masks). Rather than answer
-    differently from the model, such models are refused; a window that covers every position
-    (``sliding_window >= max_position_embeddings``) is global attention and is accepted.
-    """
-    window = getattr(config, "sliding_window", None)
-    layer_types = list(getattr(config, "layer_types", None) or [])
-    sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
-    if not layer_types and window and getattr(config, "use_sliding_window", True):
-        sliding = list(range(int(getattr(config, "num_hidden_layers", 0))))
-    positions = getattr(config, "max_position_embeddings", None) or 2**31 - 1
-    if not sliding or window is None or int(window) >= int(positions):
-        return None
-    return (
-        f"{config.model_type} has sliding-window attention in {len(sliding)} of its "
-        f"{config.num_hidden_layers} layers (window {window} < its {positions} positions); "
-        "ctxcompress cannot yet restrict those layers to their window around a compressed "
-        "context, so it refuses the model instead of answering differently from it. Use a "
-        "model with global attention in every layer (see docs/models.md)"
-    )
-
-
 # transformers 5.2x renamed the KV-cache argument and output field of every model's forward
 # from ``past_key_values`` to ``cache``; the old name warns and goes away in 5.40. Both lie
 # inside ``transformers>=5.0,<6``, so the name is read from a model class's signature, once

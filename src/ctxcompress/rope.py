@@ -38,6 +38,11 @@ def _rotary(model: Any) -> Any:
 def shift_problem(model: Any) -> str | None:
     """Why keys of ``model`` cannot be moved exactly to other positions, or None."""
     rotary = _rotary(model)
+    if rotary is not None and getattr(rotary, "layer_types", None):
+        return (
+            f"{type(model).__name__} rotates keys with a different RoPE per layer type (local "
+            "and global layers); moving keys to other positions is not supported for it yet"
+        )
     if rotary is None or not hasattr(rotary, "inv_freq"):
         return f"{type(model).__name__} has no rotary position embedding to shift keys with"
     kind = rope_type(model.config)

@@ -30,7 +30,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 
 from .context import CompressedContext
-from .models import sliding_window_problem
+from .windows import local_window
 
 SHARED_PREFIX_ATTENTION = "ctxcompress_shared_prefix"
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "phi3"})
@@ -48,7 +48,7 @@ def supports(model: PreTrainedModel) -> bool:
         return False
     if config._attn_implementation not in ("sdpa", "eager"):
         return False
-    return sliding_window_problem(config) is None
+    return local_window(config) is None  # windowed layers: the copies path
 
 
 def _attention(

@@ -26,8 +26,9 @@ from torch import nn
 from ..context import CompressedContext
 from ..errors import ContextTooLongError, InvalidInputError, ModelLoadError
 from ..generation import DecoderPrompt, build_decoder_batch
-from ..models import BaseModel, cache_kwargs, max_positions, sliding_window_problem
+from ..models import BaseModel, cache_kwargs, max_positions
 from ..positions import sink_count
+from ..windows import decoder_mask, local_window
 from .answering import AnsweringMixin
 from .assembly import AssemblyMixin
 from .budget import BudgetMixin
@@ -72,8 +73,6 @@ class Compressor(
                 f"attention backend {lm.config._attn_implementation!r} is not supported; "
                 "load the model with attn_implementation='sdpa' or 'eager'."
             )
-        if problem := sliding_window_problem(lm.config):
-            raise ModelLoadError(problem)
         self.lm = lm
         # Injects the LoRA layers into `lm` in place; `self.model` wraps the same modules.
         self.model: nn.Module = inject_lora(lm, config)
@@ -424,10 +423,20 @@ class Compressor(
                 for c, ids, task in zip(contexts, prompt_ids, tasks, strict=True)
             ]
             batch = build_decoder_batch(self.lm, rows)
+            mask = batch.attention_mask
+            if local_window(self.lm.config) is not None:  # windowed layers: by position
+                mask = decoder_mask(
+                    self.lm.config,
+                    mask,
+                    batch.inputs_embeds.shape[1],
+                    batch.position_ids,
+                    batch.key_positions,
+                    batch.inputs_embeds.dtype,
+                )
             out = self.backbone(
                 inputs_embeds=batch.inputs_embeds,
                 position_ids=batch.position_ids,
-                attention_mask=batch.attention_mask,
+                attention_mask=mask,
                 **cache_kwargs(batch.cache),
                 use_cache=False,
             )

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from ..masks import padded_chunk_mask
 from ..models import cache_kwargs
+from ..windows import attention_mask, local_window, new_cache
 
 
 def encode_in_length_batches(
@@ -72,10 +74,15 @@ def prefill_kv(
         batch = todo[start : start + batch_size]
         ids, valid = right_padded([rows[i] for i in batch])
         positions = torch.arange(ids.shape[1])[None].expand(len(batch), -1) + position_start
-        cache = DynamicCache(config=cfg)
+        cache = new_cache(cfg)
+        mask = valid.to(weight.device)
+        if local_window(cfg) is not None:  # windowed layers: by position (windows.py)
+            allowed = padded_chunk_mask(mask.bool(), "causal")
+            at = positions.to(weight.device)
+            mask = attention_mask(cfg, allowed, at, at, weight.dtype)
         lm.get_decoder()(
             input_ids=ids.to(weight.device),
-            attention_mask=valid.to(weight.device),
+            attention_mask=mask,
             position_ids=positions.to(weight.device),
             **cache_kwargs(cache),
             use_cache=True,

@@ -21,12 +21,12 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from ..context import CompressedContext
-from ..masks import for_backend, memory_mask
+from ..masks import memory_mask
 from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, memory_offsets, memory_slots
+from ..windows import attention_mask, new_cache
 from .base import Compressor
 from .config import CompressorConfig
 from .encoding import encode_in_length_batches, gather_cache_entries
@@ -173,9 +173,9 @@ class MemoryTokenCompressor(Compressor):
             context_visibility=self.config.context_visibility,
             memory_carry=self.config.memory_carry,
         )
-        mask = for_backend(mask, self.lm.config._attn_implementation, embeds.dtype)
+        mask = attention_mask(self.lm.config, mask, positions, positions, embeds.dtype)
         want_kv = self.config.output == "kv"
-        cache = DynamicCache(config=self.lm.config) if want_kv else None
+        cache = new_cache(self.lm.config) if want_kv else None
         out = self.backbone(
             inputs_embeds=embeds,
             attention_mask=mask,

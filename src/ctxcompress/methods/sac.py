@@ -21,13 +21,13 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from ..context import CompressedContext
 from ..errors import InvalidInputError
-from ..masks import for_backend, padded_chunk_mask
+from ..masks import padded_chunk_mask
 from ..models import BaseModel, cache_kwargs
 from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
+from ..windows import attention_mask, new_cache
 from .base import Compressor
 from .config import CompressorConfig
 from .encoding import encode_in_length_batches, gather_cache_entries, right_padded
@@ -175,9 +175,9 @@ class SACCompressor(Compressor):
         if self.anchor_embedding is not None:
             marks = self.anchor_embedding[slots if len(self.anchor_embedding) > 1 else 0 * slots]
             embeds = embeds.index_put((rows, cols), marks.to(embeds.dtype), accumulate=True)
-        mask = padded_chunk_mask(valid, self.encoder_attention)
-        mask = for_backend(mask, self.lm.config._attn_implementation, embeds.dtype)
-        cache = DynamicCache(config=self.lm.config)
+        allowed = padded_chunk_mask(valid, self.encoder_attention)
+        mask = attention_mask(self.lm.config, allowed, positions, positions, embeds.dtype)
+        cache = new_cache(self.lm.config)
         self.backbone(
             inputs_embeds=embeds,
             attention_mask=mask,
