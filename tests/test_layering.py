@@ -18,6 +18,7 @@ PRIMITIVES = (
     "ctxcompress.atomic",
     "ctxcompress.normalization",
     "ctxcompress.tiny_models",
+    "ctxcompress.embedded",
     "ctxcompress.models",
     "ctxcompress.positions",
     "ctxcompress.masks",

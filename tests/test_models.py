@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ctxcompress as cc
+from ctxcompress import embedded as embedded_models
 from ctxcompress import models
 from tests.conftest import has_embedded_model
 
@@ -67,7 +68,7 @@ def test_second_load_reuses_the_cache(smol, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the GGUF must not be converted again")
 
-    monkeypatch.setattr(models, "_convert_embedded", refuse)
+    monkeypatch.setattr(embedded_models, "_convert", refuse)
     again = cc.load_base_model()
     assert again.fingerprint == smol.fingerprint
 

