@@ -221,14 +221,12 @@ def greedy_generate(
     reasons = ["length"] * rows
     key_valid = batch.attention_mask  # [B, S]: 1 for every real key/value entry so far
     key_positions = batch.key_positions  # [B, S]: their positions
-    windowed = local_window(model.config) is not None
 
     def forward(inputs_embeds, positions, cache, **extra):
-        mask = key_valid
+        count, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
         if shared is not None:
-            mask = own_tokens_mask(key_valid, inputs_embeds.shape[1])
-        elif windowed:  # local layers see by position (windows.py): explicit masks
-            count, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
+            mask = own_tokens_mask(key_valid, count)
+        else:  # by position in windowed layers (windows.py)
             mask = decoder_mask(model.config, key_valid, count, positions, key_positions, dtype)
         return model(
             inputs_embeds=inputs_embeds,

@@ -103,7 +103,10 @@ def decoder_mask(
     """The decoder's mask for the last ``query_count`` of ``K`` keys as queries (context
     entries, then prompt / generated tokens, as the cache holds them): causal by column among
     the queries, every valid earlier key visible, windowed by position (:func:`attention_mask`).
-    ``key_valid``: ``[B, K]`` (1 = a real entry)."""
+    ``key_valid``: ``[B, K]`` (1 = a real entry). A global model gets ``key_valid`` itself,
+    which transformers extends causally."""
+    if local_window(config) is None:
+        return key_valid
     keys = key_valid.shape[1]
     first = keys - query_count
     column = torch.arange(keys, device=key_valid.device)

@@ -28,7 +28,7 @@ from ..errors import ContextTooLongError, InvalidInputError, ModelLoadError
 from ..generation import DecoderPrompt, build_decoder_batch
 from ..models import BaseModel, cache_kwargs, max_positions
 from ..positions import sink_count
-from ..windows import decoder_mask, local_window
+from ..windows import decoder_mask
 from .answering import AnsweringMixin
 from .assembly import AssemblyMixin
 from .budget import BudgetMixin
@@ -423,16 +423,14 @@ class Compressor(
                 for c, ids, task in zip(contexts, prompt_ids, tasks, strict=True)
             ]
             batch = build_decoder_batch(self.lm, rows)
-            mask = batch.attention_mask
-            if local_window(self.lm.config) is not None:  # windowed layers: by position
-                mask = decoder_mask(
-                    self.lm.config,
-                    mask,
-                    batch.inputs_embeds.shape[1],
-                    batch.position_ids,
-                    batch.key_positions,
-                    batch.inputs_embeds.dtype,
-                )
+            mask = decoder_mask(  # by position in windowed layers (windows.py)
+                self.lm.config,
+                batch.attention_mask,
+                batch.inputs_embeds.shape[1],
+                batch.position_ids,
+                batch.key_positions,
+                batch.inputs_embeds.dtype,
+            )
             out = self.backbone(
                 inputs_embeds=batch.inputs_embeds,
                 position_ids=batch.position_ids,
