@@ -17,7 +17,10 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
   report adds);
 * ``systems``: ``{method, options, autoencoding, train, distill}`` (``distill``: the system of
   the same setting whose stage-2 compressor is the teacher), ``zero_shot`` rows, the
-  ``run_order``, the ``difference_references`` and optional ``targets``.
+  ``run_order``, the ``difference_references`` and optional ``targets``;
+* optionally per setting ``savings: {systems, lengths}``: what the trained compressed contexts
+  save against the full context (KV bytes, answer latency), measured with ``ctxcompress
+  bench --compressor`` on each system's stage-2 compressor at those context lengths.
 
 Everything is checkpointed under ``--out``; the same command resumes (finished stages, curve
 points and evaluations are reused). Training time comes from the trainer's own clock (kept in
@@ -58,6 +61,7 @@ from ._common import command_line as _command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD_RESULTS = ROOT / "benchmarks" / "standard" / "results"
+SAVINGS_REPEATS = 3
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -242,8 +246,74 @@ class Benchmark:
                     result.info["stage2_steps"] = stage2
                 result.save(path)
             del comp
+        self.measure_savings(setting, args, out)
         curves = load_json(out / "curves.json", {})
         self.plot(curves, out / "curves.png", setting, args)
+
+    def savings_command(self, setting: str, system: str, out: Path) -> str:
+        lengths = ",".join(map(str, self.settings[setting]["savings"]["lengths"]))
+        folder = out / "train" / system / "stage2" / "compressor"
+        if folder.resolve().is_relative_to(ROOT):
+            folder = folder.resolve().relative_to(ROOT)
+        return (
+            f"ctxcompress bench --compressor {folder} --lengths {lengths} --repeats "
+            f"{SAVINGS_REPEATS} --device cpu --out {out_relative(out)}/bench/{system}.json"
+        )
+
+    def measure_savings(self, setting: str, args, out: Path) -> None:
+        """``ctxcompress bench`` on each trained system of ``savings`` (once; the JSON is
+        kept in git beside the evaluations)."""
+        from ctxcompress.bench import BenchSettings, run_speed_benchmark
+
+        spec = self.settings[setting].get("savings")
+        if not spec:
+            return
+        for system in [s for s in spec["systems"] if s in self.systems_of(setting, args)]:
+            path = out / "bench" / f"{system}.json"
+            folder = out / "train" / system / "stage2" / "compressor"
+            if path.is_file() or not folder.is_dir():
+                continue
+            settings = BenchSettings(
+                compressor=str(folder),
+                lengths=tuple(spec["lengths"]),
+                repeats=SAVINGS_REPEATS,
+                device="cpu",
+            )
+            result = run_speed_benchmark(settings)
+            result["command"] = self.savings_command(setting, system, out)
+            write_json(path, result)
+
+    def savings_report(self, setting: str, out: Path) -> list[str]:
+        spec = self.settings[setting].get("savings")
+        found = {
+            s: load_json(out / "bench" / f"{s}.json", None) for s in (spec or {}).get("systems", [])
+        }
+        found = {s: r for s, r in found.items() if r}
+        if not found:
+            return []
+        lines = [
+            "| system | L | C | KV KiB (compressed / full) | answer ms, 16 tokens (compressed "
+            "/ full) | answer / full | first token ms (compressed / full) | compress / prefill |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for system, result in found.items():
+            for r in result["rows"]:
+                a, f = r["answer"], r["answer_full_context"]
+                lines.append(
+                    f"| {system} | {r['L']} | {r['C']} | {r['kv_bytes'] / 1024:.0f} / "
+                    f"{r['kv_bytes_full'] / 1024:.0f} | {1000 * a['answer_s']:.0f} / "
+                    f"{1000 * f['answer_s']:.0f} | {r['answer_vs_full_context']:.2f} | "
+                    f"{1000 * a['ttft_s']:.0f} / {1000 * f['ttft_s']:.0f} | "
+                    f"{r['compress_vs_prefill']:.2f} |"
+                )
+        machine = next(iter(found.values()))["machine"]
+        commands = "; ".join(f"`{r['command']}`" for r in found.values())
+        return [
+            "What the compressed context saves against the full context of the same tokens "
+            f"(medians of {SAVINGS_REPEATS} runs, {machine['threads']} CPU threads, float32; "
+            "one run per system, so compare within a row): " + commands + ".",
+            "\n".join(lines),
+        ]
 
     def is_current(self, system: str, path: Path, stage2: int) -> bool:
         """An evaluation that need not run again: saved, and for a trained system after
@@ -386,6 +456,7 @@ class Benchmark:
                 done |= set(self.finished(setting, test, args)[0])
             if missing := [s for s in self.systems_of(setting, args) if s not in done]:
                 parts.append(f"Not finished yet: {', '.join(missing)}.")
+            parts += self.savings_report(setting, out)
             curves = load_json(out / "curves.json", {})
             if curves:
                 plot = page.parent / "results" / f"{self.name}_{setting}.png"
@@ -410,12 +481,7 @@ class Benchmark:
                     f"Total: {cpu / 3600:.1f} CPU hours of training; {wall / 3600:.1f} hours "
                     "of wall time for training and the recorded evaluations."
                 )
-            results_dir = (
-                args.out.resolve().relative_to(ROOT)
-                if args.out.resolve().is_relative_to(ROOT)
-                else args.out
-            )
-            parts.append(f"Every prediction: `{results_dir}/{setting}/eval/`.")
+            parts.append(f"Every prediction: `{out_relative(out)}/eval/`.")
         replace_section(page, self.name, "\n\n".join(parts))
         print(f"written {page}")
 
@@ -481,6 +547,12 @@ class Benchmark:
                 "train_seconds": load_json(args.out / setting / "train_seconds.json", {}),
             }
             write_json(summary_path, summary)
+
+
+def out_relative(path: Path) -> Path:
+    """``path`` relative to the repository root when it lies inside it (for commands)."""
+    resolved = path.resolve()
+    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path
 
 
 def stage1_clock(config) -> dict[str, float]:

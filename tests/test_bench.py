@@ -93,3 +93,28 @@ def test_random_shapes_have_the_real_models_sizes():
     assert limit == 131072
     with pytest.raises(ModelLoadError, match="known shapes: random:llama-3.2-1b"):
         cc.load_base_model("random:gpt-9")
+
+
+def test_bench_measures_a_trained_compressor_with_its_own_method_and_ratio(tmp_path):
+    """``--compressor``: a saved compressor (or ``embedded:<name>``) is measured as trained,
+    on the base model it records; the flags that would contradict it are refused."""
+    comp = cc.build_compressor("sac", cc.load_base_model("tiny"), ratio=8, lora_rank=4)
+    folder = comp.save_pretrained(tmp_path / "sac")
+    result = run_speed_benchmark(
+        BenchSettings(
+            compressor=str(folder),
+            ratios=(4, 16),  # ignored: the compressor's own ratio
+            lengths=(64,),
+            repeats=1,
+            warmup=0,
+            max_new_tokens=2,
+            questions=2,
+        )
+    )
+    (row,) = result["rows"]
+    assert (row["method"], row["ratio"], row["C"]) == ("sac", 8, 64 // 8)
+    assert "| KV KiB (C / full) |" in markdown_report(result)
+    for extra in (["--ratios", "4"], ["--method", "pic"], ["--base-model", "embedded"]):
+        refused = CliRunner().invoke(app, ["bench", "--compressor", str(folder), *extra])
+        assert refused.exit_code != 0
+        assert "drop --method, --ratios and --base-model" in refused.output

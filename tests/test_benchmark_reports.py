@@ -493,6 +493,40 @@ def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch
     assert "| sac@4x / trained_full@4x | 1.00 [1.00, 1.00] | >= 0.8 | met |" in text
     assert "gold_position=1" in text  # two positions: the depth table
     assert "Not finished yet" not in text
+    assert "What the compressed context saves" not in text  # nothing benched yet
+    bench_row = {
+        "L": 196,
+        "C": 49,
+        "kv_bytes": 49 * 1024,
+        "kv_bytes_full": 196 * 1024,
+        "answer": {"answer_s": 0.1, "ttft_s": 0.02},
+        "answer_full_context": {"answer_s": 0.2, "ttft_s": 0.05},
+        "answer_vs_full_context": 0.5,
+        "compress_vs_prefill": 1.25,
+    }
+    import ctxcompress.bench
+
+    measured = []
+
+    def fake_bench(settings):
+        measured.append(settings)
+        return {"rows": [bench_row], "machine": {"threads": 2}}
+
+    monkeypatch.setattr(ctxcompress.bench, "run_speed_benchmark", fake_bench)
+    (out / "sac_4x" / "train" / "sac" / "stage2" / "compressor").mkdir(parents=True)
+    bench.measure_savings("sac_4x", args, out / "sac_4x")  # trained_truncation: no folder
+    bench.measure_savings("sac_4x", args, out / "sac_4x")  # once: the JSON is kept
+    (settings,) = measured
+    assert settings.compressor.endswith("sac_4x/train/sac/stage2/compressor")
+    assert settings.lengths == (196,) and settings.device == "cpu"
+    saved = json.loads((out / "sac_4x" / "bench" / "sac.json").read_text())
+    command = bench.savings_command("sac_4x", "sac", out / "sac_4x")
+    assert saved["command"] == command and "--lengths 196" in command
+    assert not (out / "sac_4x" / "bench" / "trained_truncation.json").exists()
+    bench.write_report(args, page)
+    text = page.read_text()
+    assert "| sac | 196 | 49 | 49 / 196 | 100 / 200 | 0.50 | 20 / 50 | 1.25 |" in text
+    assert f"`{command}`" in text
     # A larger step budget makes the saved evaluations stale: they run again.
     path = out / "sac_4x" / "eval" / "squad" / "sac.json"
     assert bench.is_current("sac", path, 2000) and not bench.is_current("sac", path, 3000)

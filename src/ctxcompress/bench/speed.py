@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,10 @@ class BenchSettings:
     """``"auto"`` (CUDA when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``..."""
     dtype: str = "auto"
     """``"auto"`` (bfloat16 on CUDA, float32 on the CPU) or a dtype name."""
+    compressor: str | None = None
+    """A trained compressor (a ``save_pretrained`` folder or a shipped ``embedded:<name>``) to
+    measure instead of a freshly built ``method``: its own base model, options and ratio
+    (``base_model``, ``method``, ``ratios`` and ``method_options`` are then ignored)."""
 
     def resolved(self) -> tuple[str, str]:
         """The device and dtype names this run uses."""
@@ -170,6 +175,7 @@ def bench_one(
     sequential = s.questions * answer["answer_s"]
     expected_bytes = c / length * full.num_bytes
     return {
+        "method": comp.method,
         "L": length,
         "ratio": comp.config.ratio,
         "C": c,
@@ -198,15 +204,32 @@ def bench_one(
     }
 
 
+def _compressor(
+    s: BenchSettings, ratio: int | None, device: str, dtype: str
+) -> tuple[BaseModel, Compressor]:
+    """The base model and the compressor one ratio of the grid measures: ``s.compressor``
+    loaded on its own base model, else a fresh ``s.method`` at ``ratio``."""
+    if s.compressor is None:
+        base = cc.load_base_model(s.base_model, dtype=dtype, device=device)
+        return base, cc.build_compressor(s.method, base, ratio=ratio, **s.method_options)
+    from ..methods.persistence import read_header
+    from ..shipped import is_shipped_name
+    from ..shipped import resolve as resolve_shipped
+
+    folder = resolve_shipped(s.compressor) if is_shipped_name(s.compressor) else s.compressor
+    source = read_header(Path(folder))["base_model"]["source"]
+    base = cc.load_base_model(source, dtype=dtype, device=device)
+    return base, cc.load_compressor(folder, base_model=base)
+
+
 def run_speed_benchmark(
     s: BenchSettings, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Run the grid; returns a JSON-able dict with settings, machine and rows."""
     rows = []
     device, dtype = s.resolved()
-    for ratio in s.ratios:
-        base = cc.load_base_model(s.base_model, dtype=dtype, device=device)
-        comp = cc.build_compressor(s.method, base, ratio=ratio, **s.method_options)
+    for ratio in [None] if s.compressor else s.ratios:
+        base, comp = _compressor(s, ratio, device, dtype)
         plain = cc.build_compressor(
             "full_context",
             base,
@@ -249,10 +272,10 @@ def markdown_report(result: dict[str, Any]) -> str:
     """The targets of the speed issue, one row per (L, r)."""
     head = (
         "| L | r | C | compress / prefill | same, merged LoRA | answer / plain prompt of C | "
-        "answer / full context | TTFT ms (C / full) | decode tok/s | KV bytes / expected | "
-        "16 q batched speed-up | peak GiB (compress / prefill) |"
+        "answer / full context | TTFT ms (C / full) | decode tok/s | KV KiB (C / full) | "
+        "KV bytes / expected | 16 q batched speed-up | peak GiB (compress / prefill) |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in result["rows"]:
         merged = r.get("compress_merged_vs_prefill")
         lines.append(
@@ -261,7 +284,9 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"{r['answer_vs_plain_prompt_of_C']:.2f} | {r['answer_vs_full_context']:.2f} | "
             f"{1000 * r['answer']['ttft_s']:.0f} / "
             f"{1000 * r['answer_full_context']['ttft_s']:.0f} | "
-            f"{r['answer']['decode_tokens_per_s']:.0f} | {r['kv_bytes_vs_expected']:.3f} | "
+            f"{r['answer']['decode_tokens_per_s']:.0f} | "
+            f"{r['kv_bytes'] / 1024:.0f} / {r['kv_bytes_full'] / 1024:.0f} | "
+            f"{r['kv_bytes_vs_expected']:.3f} | "
             f"{r['batched_speedup']:.1f}x | {_peaks(r)} |"
         )
     return "\n".join(lines)

@@ -216,7 +216,16 @@ def bench(
             "(random weights in a real model's shape: speed does not depend on the weights).",
         ),
     ] = "tiny",
-    method: Annotated[str, typer.Option(help="Method to measure.")] = "sac",
+    method: Annotated[
+        str | None, typer.Option(help="Method to measure, untrained (default sac).")
+    ] = None,
+    compressor: Annotated[
+        str | None,
+        typer.Option(
+            help="A trained compressor to measure instead: a save_pretrained folder or a "
+            "shipped name (embedded:sac-4x); its own base model, method and ratio."
+        ),
+    ] = None,
     device: Annotated[
         str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     ] = "auto",
@@ -226,7 +235,9 @@ def bench(
     lengths: Annotated[str, typer.Option(help="Context lengths L, comma-separated.")] = (
         "512,2048,8192"
     ),
-    ratios: Annotated[str, typer.Option(help="Compression ratios, comma-separated.")] = "4,16",
+    ratios: Annotated[
+        str | None, typer.Option(help="Compression ratios, comma-separated (default 4,16).")
+    ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median).")] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=2)] = 16,
     out: Annotated[
@@ -242,11 +253,18 @@ def bench(
 
     from ..bench import BenchSettings, markdown_report, run_speed_benchmark
 
+    if compressor is not None and (ratios, method, base_model) != (None, None, "tiny"):
+        raise InvalidInputError(
+            "--compressor measures a trained compressor with its own method and ratio on its "
+            "own base model: drop --method, --ratios and --base-model (or drop --compressor "
+            "to measure a freshly built method)."
+        )
     settings = BenchSettings(
         base_model=base_model,
-        method=resolve_method(method),
+        method=resolve_method(method or "sac"),
+        compressor=compressor,
         lengths=tuple(int(x) for x in lengths.split(",")),
-        ratios=tuple(int(x) for x in ratios.split(",")),
+        ratios=tuple(int(x) for x in (ratios or "4,16").split(",")),
         repeats=repeats,
         max_new_tokens=max_new_tokens,
         device=device,
