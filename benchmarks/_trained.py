@@ -61,7 +61,7 @@ from ._common import command_line as _command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD_RESULTS = ROOT / "benchmarks" / "standard" / "results"
-SAVINGS_REPEATS = 3
+SAVINGS_REPEATS = 5
 
 
 def load_spec(path: Path) -> dict[str, Any]:
