@@ -18,6 +18,8 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
 * ``systems``: ``{method, options, autoencoding, train, distill}`` (``distill``: the system of
   the same setting whose stage-2 compressor is the teacher), ``zero_shot`` rows, the
   ``run_order``, the ``difference_references`` and optional ``targets``;
+* optionally per setting ``system_overrides: {system: {field: value}}``: fields of a system
+  that differ in this setting (e.g. ``distill: null`` to train without a teacher);
 * optionally per setting ``savings: {systems, lengths}``: what the trained compressed contexts
   save against the full context (KV bytes, answer latency), measured with ``ctxcompress
   bench --compressor`` on each system's stage-2 compressor at those context lengths.
@@ -69,6 +71,12 @@ def load_spec(path: Path) -> dict[str, Any]:
     known = {*spec["systems"], *spec.get("zero_shot", [])}
     if unknown := [s for s in spec["run_order"] if s not in known]:
         raise ValueError(f"{path}: run_order names unknown systems {unknown}")
+    for name, setting in spec["settings"].items():
+        overridden = setting.get("system_overrides", {})
+        if unknown := [s for s in overridden if s not in spec["systems"]]:
+            raise ValueError(
+                f"{path}: settings.{name}.system_overrides names unknown systems {unknown}"
+            )
     return spec
 
 
@@ -106,6 +114,12 @@ class Benchmark:
         """Table order: the systems as defined, then the zero-shot rows."""
         return (*self.systems, *self.zero_shot_systems)
 
+    def system_spec(self, system: str, setting: str) -> dict[str, Any]:
+        """A system's fields in one setting: the spec's, with the setting's
+        ``system_overrides`` for it on top."""
+        overrides = self.settings[setting].get("system_overrides", {}).get(system, {})
+        return {**self.systems[system], **overrides}
+
     def systems_of(self, setting: str, args) -> list[str]:
         """The selected systems this setting runs (its ``systems`` list, default all), in
         the selection's order."""
@@ -138,7 +152,7 @@ class Benchmark:
     # ------------------------------------------------------------------------- configs
     def stage_config(self, system: str, setting: str, stage: int, args, out: Path) -> Any:
         """The training config of one stage of one system."""
-        spec, info = self.settings[setting], self.systems[system]
+        spec, info = self.settings[setting], self.system_spec(system, setting)
         steps = self.steps(setting, args)
         ae = bool(info.get("autoencoding"))
         options = {**info["options"], "ratio": spec["ratio"]}
@@ -223,7 +237,7 @@ class Benchmark:
             if all(self.is_current(system, p, stage2) for p in paths.values()):
                 continue
             if system in self.systems:
-                teacher = self.systems[system].get("distill")
+                teacher = self.system_spec(system, setting).get("distill")
                 if teacher and not (out / "train" / teacher / "stage2" / "compressor").is_dir():
                     # The teacher's weights are not kept in git: train it again
                     # (deterministic: the same weights; its curve and tests are reused).
