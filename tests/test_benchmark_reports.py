@@ -443,14 +443,34 @@ def test_headline_spec_builds_every_system_of_every_setting(monkeypatch, tmp_pat
             assert {d.objective for d in one.data} == {"continuation"}
             assert [d.source for d in two.data] == [d["source"] for d in spec["train"]]
             assert two.train.steps == 7 and two.init_from.endswith(f"{system}/stage1/compressor")
+            distilled = bench.system_spec(system, setting).get("distill")
             if system in ("sac", "pic", "icae"):
                 assert two.method_options["sink_tokens"] == 5
+            if distilled:
                 assert two.distill.teacher == str(
-                    tmp_path / "train" / "trained_full" / "stage2" / "compressor"
+                    tmp_path / "train" / distilled / "stage2" / "compressor"
                 )
             else:
                 assert two.distill.weight == 0
         assert all("standard" in t for t in spec["tests"].values())
+    # sac_4x overrides the recipe's teacher (its weights were lost); 16x keeps it.
+    assert bench.system_spec("sac", "sac_4x")["distill"] is None
+    assert bench.system_spec("sac", "multi_16x")["distill"] == "trained_full"
+
+
+def test_benchmark_spec_refuses_overrides_of_unknown_systems(tmp_path):
+    import pytest
+    import yaml
+    from benchmarks._trained import load_spec
+
+    spec = yaml.safe_load((ROOT / "configs" / "benchmarks" / "headline.yaml").read_text())
+    spec["settings"]["sac_4x"]["system_overrides"] = {"sca": {"distill": None}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(
+        ValueError, match=r"sac_4x.system_overrides names unknown systems \['sca'\]"
+    ):
+        load_spec(path)
 
 
 def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch, tmp_path):

@@ -70,7 +70,7 @@ def trained_steps(folder: Path) -> int:
 
 def model_card(name: str, args, comp, tests: dict[str, list[EvalResult]]) -> str:
     setting = BENCHMARK.settings[args.setting]
-    system = BENCHMARK.systems[args.system]
+    system = BENCHMARK.system_spec(args.system, args.setting)
     runs = args.out / args.setting / "train" / args.system
     steps = {f"stage{k}": trained_steps(runs / f"stage{k}") for k in (1, 2)}
     command = (
@@ -99,7 +99,12 @@ def model_card(name: str, args, comp, tests: dict[str, list[EvalResult]]) -> str
         + ", ".join(f"`{d['source']}` (weight {d.get('weight', 1.0)})" for d in setting["train"])
         + ".",
         f"- Recipe: method options `{json.dumps(system['options'])}`, loop overrides "
-        f"`{json.dumps(system.get('train', {}))}`, distillation from `{system.get('distill')}`.",
+        f"`{json.dumps(system.get('train', {}))}`, "
+        + (
+            f"distillation from `{system['distill']}`."
+            if system.get("distill")
+            else "no distillation."
+        ),
         "- Stored in bfloat16 (learned tensors only; the base model is the embedded one). The "
         "scores below are of these stored weights.",
         f"- Retrain (resumable; the same command continues): `{command}`; ship: "
