@@ -407,7 +407,8 @@ class Benchmark:
 
     def test_report(self, setting: str, test: str, args) -> list[str]:
         spec = self.settings[setting]["tests"][test]
-        _, results = self.finished(setting, test, args)
+        _, trained = self.finished(setting, test, args)
+        results = list(trained)
         parts = (
             [f"#### `{setting}` on `{spec['source']}`"]
             if len(self.settings[setting]["tests"]) > 1
@@ -428,6 +429,8 @@ class Benchmark:
             for s in self.spec["difference_references"]
             if (label := self.label(s, setting)) in by_label
         ]
+        if free := results[len(trained) :]:  # the standard rows: the best as a reference too
+            references.append(max(free, key=lambda r: r.overall[metric]))
         if references:
             parts.append(difference_legend(references, metric))
             parts.append(difference_table(results, references, metric))

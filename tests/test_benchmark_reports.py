@@ -508,7 +508,10 @@ def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch
     text = page.read_text()
     assert "| full_context (zero-shot) | 0.0 | 30.0 |" in text
     assert "| kvpress:kvzip@4x | 0.0 | 20.0 |" in text and "no_context" not in text
-    assert "| system | F1 [95% CI] | minus trained_truncation@4x | minus trained_full@4x |" in text
+    assert (  # the best training-free row on the same items is a reference too
+        "| system | F1 [95% CI] | minus trained_truncation@4x | minus trained_full@4x "
+        "| minus full_context (zero-shot) |" in text
+    )
     assert "| sac@4x / trained_truncation@4x | 2.00 [2.00, 2.00] | >= 1.3 | met |" in text
     assert "| sac@4x / trained_full@4x | 1.00 [1.00, 1.00] | >= 0.8 | met |" in text
     assert "gold_position=1" in text  # two positions: the depth table
@@ -550,3 +553,28 @@ def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch
     # A larger step budget makes the saved evaluations stale: they run again.
     path = out / "sac_4x" / "eval" / "squad" / "sac.json"
     assert bench.is_current("sac", path, 2000) and not bench.is_current("sac", path, 3000)
+
+
+def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(tmp_path):
+    """benchmarks/headline/learnability.py: every row parses into a training config on the
+    sac_4x data (the warm-started row from its first row's folder); the report keeps the
+    row order and lists only finished rows."""
+    from benchmarks.headline import learnability
+
+    for name in learnability.ROWS:
+        config = learnability.row_config(name, 150, tmp_path)
+        assert [d.source for d in config.data] == ["squad:train", "nq-oracle:train"]
+        assert config.train.steps == 150 and config.method_options["ratio"] in (1, 4)
+    warm = learnability.row_config("sac_r4_from_r1", 150, tmp_path)
+    assert warm.init_from == str(tmp_path / "train" / "sac_r1" / "compressor")
+    assert learnability.row_config("sac_r4", 150, tmp_path).init_from is None
+    page = tmp_path / "results.md"
+    page.write_text("<!-- begin learnability -->\n<!-- end learnability -->\n")
+    results = {
+        name: {"f1": f1, "em": 0.0, "n": 50, "steps": 150, "train_cpu_seconds": 600.0}
+        for name, f1 in (("trained_truncation", 0.171), ("sac_r1", 0.273))
+    }
+    learnability.report(results, page, 150, 50)
+    text = page.read_text()
+    assert text.index("| `sac_r1` |") < text.index("| `trained_truncation` |")
+    assert "| 27.3 | 0.0 | 10.0 |" in text and "sac_r4_causal" not in text

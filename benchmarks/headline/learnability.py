@@ -1,0 +1,163 @@
+"""Why SAC at 4x learns so slowly on SQuAD: short runs from scratch that separate the levers.
+
+Every row trains 150 QA steps from scratch (no stage 1) on the headline ``sac_4x`` data
+(SQuAD train + NQ-open oracle train, batch 4, lr 2e-4, constant schedule, the headline
+recipe: LoRA rank 32 on q/v, sink 5, table init at 10x lr, one shared anchor embedding) and
+scores dev F1 on the first 50 ``squad:dev`` items:
+
+* ``sac_r1``: SAC keeping *every* token (ratio 1): what a bidirectional LoRA encoder and the
+  frozen decoder learn when nothing is dropped;
+* ``sac_r4``: SAC at 4x, as the headline trains it;
+* ``sac_r4_causal``: the same with a causal encoder (the paper's ablation);
+* ``sac_r4_no_anchor``: the same without the anchor embedding;
+* ``sac_r4_from_r1``: SAC at 4x for 150 steps starting from ``sac_r1``'s weights (a warm
+  start: 300 steps in all);
+* ``trained_truncation``: the head of the context at the same budget, LoRA-encoded (the
+  reference the targets divide by).
+
+    python benchmarks/headline/learnability.py               # resumes: finished rows are kept
+    python benchmarks/headline/learnability.py --report docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
+from benchmarks._common import load_json, write_json  # noqa: E402
+
+from ctxcompress.data import load_qa  # noqa: E402
+from ctxcompress.evaluation import evaluate, replace_section  # noqa: E402
+from ctxcompress.training import Trainer, parse_config  # noqa: E402
+
+RECIPE = {"sink_tokens": 5, "embedding_init": "table", "anchor_embedding": "shared"}
+ROWS: dict[str, dict] = {
+    "sac_r1": {"method": "sac", "options": {**RECIPE, "ratio": 1}},
+    "sac_r4": {"method": "sac", "options": {**RECIPE, "ratio": 4}},
+    "sac_r4_causal": {
+        "method": "sac",
+        "options": {**RECIPE, "ratio": 4, "encoder_attention": "causal"},
+    },
+    "sac_r4_no_anchor": {
+        "method": "sac",
+        "options": {**RECIPE, "ratio": 4, "anchor_embedding": "none"},
+    },
+    "sac_r4_from_r1": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "init_from": "sac_r1"},
+    "trained_truncation": {
+        "method": "prompt_tuned",
+        "options": {
+            "ratio": 4,
+            "context": "truncation",
+            "prompt_vectors": 0,
+            "prefix_in_budget": True,
+        },
+    },
+}
+DESCRIPTIONS = {
+    "sac_r1": "SAC, every token kept (ratio 1)",
+    "sac_r4": "SAC at 4x (the headline's settings)",
+    "sac_r4_causal": "SAC at 4x, causal encoder",
+    "sac_r4_no_anchor": "SAC at 4x, no anchor embedding",
+    "sac_r4_from_r1": "SAC at 4x, started from `sac_r1` (150 + 150 steps)",
+    "trained_truncation": "trained truncation at 4x (head of the context, LoRA-encoded)",
+}
+
+
+def row_config(name: str, steps: int, out: Path):
+    row = ROWS[name]
+    warm_start = {}
+    if "init_from" in row:
+        warm_start["init_from"] = str(out / "train" / row["init_from"] / "compressor")
+    return parse_config(
+        {
+            **warm_start,
+            "method": row["method"],
+            "base_model": "embedded",
+            "method_options": {"lora_rank": 32, "lora_alpha": 64, **row["options"]},
+            "data": [
+                {"source": "squad:train", "objective": "qa"},
+                {"source": "nq-oracle:train", "objective": "qa"},
+            ],
+            "train": {
+                "steps": steps,
+                "batch_size": 4,
+                "micro_batch_size": 4,
+                "lr": 2e-4,
+                "betas": [0.9, 0.95],
+                "weight_decay": 0.1,
+                "warmup_steps": 20,
+                "schedule": "constant",
+                "grad_clip": 2.0,
+                "seed": 0,
+                "log_every": 25,
+                "save_every": 50,
+                "embedding_lr_scale": 10.0,
+            },
+            "output_dir": str(out / "train" / name),
+        }
+    )
+
+
+def report(results: dict, page: Path, steps: int, dev_limit: int) -> None:
+    lines = [
+        f"Produced by `python benchmarks/headline/learnability.py --steps {steps} "
+        f"--dev-limit {dev_limit}` (each row {steps} QA steps on the `sac_4x` data, from "
+        "scratch unless it says otherwise, batch 4; dev F1 on the first "
+        f"{dev_limit} `squad:dev` items; "
+        "`--report` rewrites this table).",
+        "",
+        "| row | what it trains | dev F1 | dev EM | CPU min |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ROWS:
+        if name in results:
+            r = results[name]
+            lines.append(
+                f"| `{name}` | {DESCRIPTIONS[name]} | {100 * r['f1']:.1f} | {100 * r['em']:.1f} "
+                f"| {r['train_cpu_seconds'] / 60:.1f} |"
+            )
+    replace_section(page, "learnability", "\n".join(lines))
+    print(f"written {page}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--dev-limit", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/headline/results/learn")
+    parser.add_argument("--report", type=Path, metavar="PAGE")
+    args = parser.parse_args()
+    path = args.out / "results.json"
+    results = load_json(path, {})
+    if args.report:
+        report(results, args.report, args.steps, args.dev_limit)
+        return
+    dev = load_qa("squad:dev", limit=args.dev_limit, seed=0)
+    for name in [r for r in args.rows.split(",") if r]:
+        if name not in ROWS:
+            parser.error(f"unknown row {name!r}; known: {list(ROWS)}")
+        if name in results:
+            continue
+        if (first := ROWS[name].get("init_from")) and first not in results:
+            parser.error(f"row {name!r} starts from {first!r}: run that row first")
+        trainer = Trainer(row_config(name, args.steps, args.out))
+        trainer.run()
+        result = evaluate(trainer.compressor, dev, max_new_tokens=32, batch_size=16, label=name)
+        results[name] = {
+            "f1": result.overall["f1"],
+            "em": result.overall["em"],
+            "n": result.overall["n"],
+            "steps": args.steps,
+            "train_cpu_seconds": trainer.train_cpu_seconds,
+        }
+        result.save(args.out / "eval" / f"{name}.json")
+        write_json(path, results)
+        print(name, results[name], flush=True)
+
+
+if __name__ == "__main__":
+    main()
