@@ -12,6 +12,9 @@ scores dev F1 on the first 50 ``squad:dev`` items:
 * ``sac_r4_no_anchor``: the same without the anchor embedding;
 * ``sac_r4_from_r1``: SAC at 4x for 150 steps starting from ``sac_r1``'s weights (a warm
   start: 300 steps in all);
+* ``sac_r4_all_linear``: SAC at 4x with LoRA on every projection (attention and MLP), not
+  only q/v: more capacity to pack content into the anchors;
+* ``sac_r4_lr1e-3``: SAC at 4x with a 5x higher learning rate (1e-3);
 * ``trained_truncation``: the head of the context at the same budget, LoRA-encoded (the
   reference the targets divide by).
 
@@ -33,6 +36,7 @@ from ctxcompress.data import load_qa  # noqa: E402
 from ctxcompress.evaluation import evaluate, replace_section  # noqa: E402
 from ctxcompress.training import Trainer, parse_config  # noqa: E402
 
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RECIPE = {"sink_tokens": 5, "embedding_init": "table", "anchor_embedding": "shared"}
 ROWS: dict[str, dict] = {
     "sac_r1": {"method": "sac", "options": {**RECIPE, "ratio": 1}},
@@ -46,6 +50,11 @@ ROWS: dict[str, dict] = {
         "options": {**RECIPE, "ratio": 4, "anchor_embedding": "none"},
     },
     "sac_r4_from_r1": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "init_from": "sac_r1"},
+    "sac_r4_all_linear": {
+        "method": "sac",
+        "options": {**RECIPE, "ratio": 4, "lora_target_modules": ALL_LINEAR},
+    },
+    "sac_r4_lr1e-3": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "train": {"lr": 1e-3}},
     "trained_truncation": {
         "method": "prompt_tuned",
         "options": {
@@ -62,6 +71,8 @@ DESCRIPTIONS = {
     "sac_r4_causal": "SAC at 4x, causal encoder",
     "sac_r4_no_anchor": "SAC at 4x, no anchor embedding",
     "sac_r4_from_r1": "SAC at 4x, started from `sac_r1` (150 + 150 steps)",
+    "sac_r4_all_linear": "SAC at 4x, LoRA on every projection (not only q/v)",
+    "sac_r4_lr1e-3": "SAC at 4x, lr 1e-3 (5x)",
     "trained_truncation": "trained truncation at 4x (head of the context, LoRA-encoded)",
 }
 
@@ -95,6 +106,7 @@ def row_config(name: str, steps: int, out: Path):
                 "log_every": 25,
                 "save_every": 50,
                 "embedding_lr_scale": 10.0,
+                **row.get("train", {}),
             },
             "output_dir": str(out / "train" / name),
         }
