@@ -432,7 +432,7 @@ def test_headline_spec_builds_every_system_of_every_setting(monkeypatch, tmp_pat
     args = SimpleNamespace(systems=list(bench.run_order), stage1_steps=None, stage2_steps=None)
     assert bench.systems_of("sac_4x", args) == ["trained_truncation", "trained_full", "sac"]
     assert bench.systems_of("multi_16x", args)[-2:] == ["pic", "icae"]
-    assert bench.steps("sac_4x", args) == {"stage1": 100, "stage2": 2000, "curve_every": 250}
+    assert bench.steps("sac_4x", args) == {"stage1": 100, "stage2": 1000, "curve_every": 250}
     assert bench.steps("multi_16x", args)["stage2"] == 400
     args.stage2_steps = 7
     assert bench.steps("multi_16x", args)["stage2"] == 7
