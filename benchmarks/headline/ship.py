@@ -104,6 +104,7 @@ def model_card(name: str, args, comp, tests: dict[str, list[EvalResult]]) -> str
         "",
         "```python",
         "import ctxcompress as cc",
+        "",
         f'comp = cc.load_compressor("embedded:{name}")',
         'ctx = comp.compress("a long document ...")',
         'comp.generate(ctx, ["a question?"], max_new_tokens=32)',
