@@ -407,8 +407,7 @@ class Benchmark:
 
     def test_report(self, setting: str, test: str, args) -> list[str]:
         spec = self.settings[setting]["tests"][test]
-        _, trained = self.finished(setting, test, args)
-        results = list(trained)
+        _, results = self.finished(setting, test, args)
         parts = (
             [f"#### `{setting}` on `{spec['source']}`"]
             if len(self.settings[setting]["tests"]) > 1
@@ -416,7 +415,8 @@ class Benchmark:
         )
         if not results:
             return [*parts, "Nothing evaluated yet."]
-        results += standard_references(spec.get("standard"), results)
+        training_free = standard_references(spec.get("standard"), results)
+        results += training_free
         metric = "string_match" if all("string_match" in r.overall for r in results) else "f1"
         drawn = f", drawn with seed {spec['seed']}" if spec.get("seed") is not None else ""
         parts.append(
@@ -429,8 +429,8 @@ class Benchmark:
             for s in self.spec["difference_references"]
             if (label := self.label(s, setting)) in by_label
         ]
-        if free := results[len(trained) :]:  # the standard rows: the best as a reference too
-            references.append(max(free, key=lambda r: r.overall[metric]))
+        if training_free:  # the best standard row on the same items is a reference too
+            references.append(max(training_free, key=lambda r: r.overall[metric]))
         if references:
             parts.append(difference_legend(references, metric))
             parts.append(difference_table(results, references, metric))
