@@ -1,9 +1,10 @@
 """Why SAC at 4x learns so slowly on SQuAD: short runs from scratch that separate the levers.
 
-Every row trains 150 QA steps from scratch (no stage 1) on the headline ``sac_4x`` data
-(SQuAD train + NQ-open oracle train, batch 4, lr 2e-4, constant schedule, the headline
-recipe: LoRA rank 32 on q/v, sink 5, table init at 10x lr, one shared anchor embedding) and
-scores dev F1 on the first 50 ``squad:dev`` items:
+Every row trains 150 QA steps from scratch (no stage 1) with the headline's ``sac_4x`` QA
+data and loop (``configs/benchmarks/headline.yaml``: SQuAD train + NQ-open oracle train,
+batch 4, lr 2e-4, constant schedule) and the headline recipe (LoRA rank 32 on q/v, sink 5,
+table init, one shared anchor embedding; learned vectors at 10x lr in every row), and scores
+dev F1 on the first 50 ``squad:dev`` items:
 
 * ``sac_r1``: SAC keeping *every* token (ratio 1): what a bidirectional LoRA encoder and the
   frozen decoder learn when nothing is dropped;
@@ -31,13 +32,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
 from benchmarks._common import load_json, write_json  # noqa: E402
+from benchmarks.headline.run import BENCHMARK  # noqa: E402
 
 from ctxcompress.data import load_qa  # noqa: E402
 from ctxcompress.evaluation import evaluate, replace_section  # noqa: E402
 from ctxcompress.training import Trainer, parse_config  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RECIPE = {"sink_tokens": 5, "embedding_init": "table", "anchor_embedding": "shared"}
+SETTING = "sac_4x"
+RECIPE = BENCHMARK.system_spec("sac", SETTING)["options"]
+TRUNCATION = BENCHMARK.system_spec("trained_truncation", SETTING)["options"]
+LOOP = {  # the headline's loop; every row trains its learned vectors at SAC's 10x lr
+    **BENCHMARK.spec["loop"],
+    **BENCHMARK.system_spec("sac", SETTING).get("train", {}),
+    "log_every": 25,
+    "save_every": 50,
+}
 ROWS: dict[str, dict] = {
     "sac_r1": {"method": "sac", "options": {**RECIPE, "ratio": 1}},
     "sac_r4": {"method": "sac", "options": {**RECIPE, "ratio": 4}},
@@ -55,15 +65,7 @@ ROWS: dict[str, dict] = {
         "options": {**RECIPE, "ratio": 4, "lora_target_modules": ALL_LINEAR},
     },
     "sac_r4_lr1e-3": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "train": {"lr": 1e-3}},
-    "trained_truncation": {
-        "method": "prompt_tuned",
-        "options": {
-            "ratio": 4,
-            "context": "truncation",
-            "prompt_vectors": 0,
-            "prefix_in_budget": True,
-        },
-    },
+    "trained_truncation": {"method": "prompt_tuned", "options": {**TRUNCATION, "ratio": 4}},
 }
 DESCRIPTIONS = {
     "sac_r1": "SAC, every token kept (ratio 1)",
@@ -87,27 +89,9 @@ def row_config(name: str, steps: int, out: Path):
             **warm_start,
             "method": row["method"],
             "base_model": "embedded",
-            "method_options": {"lora_rank": 32, "lora_alpha": 64, **row["options"]},
-            "data": [
-                {"source": "squad:train", "objective": "qa"},
-                {"source": "nq-oracle:train", "objective": "qa"},
-            ],
-            "train": {
-                "steps": steps,
-                "batch_size": 4,
-                "micro_batch_size": 4,
-                "lr": 2e-4,
-                "betas": [0.9, 0.95],
-                "weight_decay": 0.1,
-                "warmup_steps": 20,
-                "schedule": "constant",
-                "grad_clip": 2.0,
-                "seed": 0,
-                "log_every": 25,
-                "save_every": 50,
-                "embedding_lr_scale": 10.0,
-                **row.get("train", {}),
-            },
+            "method_options": row["options"],
+            "data": [{**d, "objective": "qa"} for d in BENCHMARK.settings[SETTING]["train"]],
+            "train": {**LOOP, "steps": steps, **row.get("train", {})},
             "output_dir": str(out / "train" / name),
         }
     )
