@@ -266,9 +266,7 @@ class Benchmark:
 
     def savings_command(self, setting: str, system: str, out: Path) -> str:
         lengths = ",".join(map(str, self.settings[setting]["savings"]["lengths"]))
-        folder = out / "train" / system / "stage2" / "compressor"
-        if folder.resolve().is_relative_to(ROOT):
-            folder = folder.resolve().relative_to(ROOT)
+        folder = out_relative(out / "train" / system / "stage2" / "compressor")
         return (
             f"ctxcompress bench --compressor {folder} --lengths {lengths} --repeats "
             f"{SAVINGS_REPEATS} --device cpu --out {out_relative(out)}/bench/{system}.json"
@@ -567,9 +565,13 @@ class Benchmark:
 
 
 def out_relative(path: Path) -> Path:
-    """``path`` relative to the repository root when it lies inside it (for commands)."""
+    """``path`` relative to the root of the checkout holding it (for commands): this one, or
+    another worktree's when a run from a fixed-commit worktree writes into ``--out`` here."""
     resolved = path.resolve()
-    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path
+    for root in (ROOT, *resolved.parents):
+        if resolved.is_relative_to(root) and (root / "pyproject.toml").is_file():
+            return resolved.relative_to(root)
+    return path
 
 
 def stage1_clock(config) -> dict[str, float]:
