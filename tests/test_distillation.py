@@ -151,3 +151,93 @@ def test_top_k_and_cache_options_are_checked(qa_file, tmp_path):
         distill_config(qa_file, tmp_path / "x", top_k=-2)
     with pytest.raises(cc.InvalidInputError, match="exceeds the vocabulary"):
         Trainer(distill_config(qa_file, tmp_path / "x", top_k=10**6))
+
+
+# ------------------------------------------------------------- hidden-state distillation
+
+
+def test_hidden_distance_is_zero_only_on_agreement_and_relative_to_the_teacher():
+    from ctxcompress.methods.loss import hidden_distance
+
+    teacher = torch.randn(3, 5, 8)  # [layers, inputs, hidden]
+    assert float(hidden_distance(teacher.clone(), teacher)) == 0.0
+    # A student of zeros sits at 1 per input whatever the teacher's scale.
+    assert float(hidden_distance(torch.zeros_like(teacher), teacher)) == pytest.approx(5.0)
+    assert float(hidden_distance(torch.zeros_like(teacher), 100 * teacher)) == pytest.approx(5.0)
+    noisy = teacher + 0.1 * torch.randn(teacher.shape)
+    assert 0 < float(hidden_distance(noisy, teacher)) < 5.0
+
+
+def test_target_states_are_every_layer_at_the_inputs_after_the_opener():
+    comp = cc.build_compressor("sac", tiny_model(), ratio=2, lora_rank=4)
+    a = qa_example(comp, "The code is alpha.", "What is the code?", "alpha")
+    b = qa_example(comp, "Bravo is the word.", "Which word?", "bravo it is")
+    batch = [[e.context_ids for e in (a, b)], [e.prompt_ids for e in (a, b)]]
+    with torch.no_grad():
+        out = comp.target_logits(*batch, [a.target_ids, b.target_ids], with_states=True)
+    sizes = [len(e.prompt_ids) + len(e.target_ids) - 1 for e in (a, b)]
+    layers = comp.lm.config.num_hidden_layers
+    assert out.states.shape == (layers, sum(sizes), comp.lm.config.hidden_size)
+    assert out.state_rows.tolist() == [0] * sizes[0] + [1] * sizes[1]
+    # The last layer's state at the input before each target token gives its logits.
+    for row, e in enumerate((a, b)):
+        first = sum(sizes[:row]) + len(e.prompt_ids) - 1
+        states = out.states[-1, first : first + len(e.target_ids)]
+        logits = comp.lm.get_output_embeddings()(states).float()
+        torch.testing.assert_close(logits, out.logits[out.rows == row], atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_teacher_states_are_the_plain_model_after_the_context():
+    comp = cc.build_compressor("sac", tiny_model(), ratio=2, lora_rank=4)
+    ex = qa_example(comp, "The code is alpha.", "What is the code?", "alpha")
+    logits, states = FrozenFullContextTeacher(comp).outputs([ex, ex], with_states=True)
+    assert torch.equal(logits, FrozenFullContextTeacher(comp).logits([ex, ex]))
+    row = [*ex.context_ids, *ex.prompt_ids, *ex.target_ids[:-1]]
+    with torch.no_grad(), comp.decoder_mode():
+        full = comp.lm(torch.tensor([row]), output_hidden_states=True).hidden_states
+    expected = torch.stack(full[1:])[:, 0, len(ex.context_ids) :]
+    n = len(row) - len(ex.context_ids)
+    assert states.shape[1] == 2 * n
+    torch.testing.assert_close(states[:, :n], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(states[:, n:], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_term_is_zero_against_itself_and_enters_with_its_weight():
+    comp = cc.build_compressor("sac", tiny_model(), ratio=2, lora_rank=4)
+    ex = qa_example(comp, "The code is alpha.", "What is the code?", "alpha")
+    args = ([ex.context_ids], [ex.prompt_ids], [ex.target_ids])
+    plain, _ = comp(*args)
+    with torch.no_grad():
+        own = comp.target_logits(*args, with_states=True).states
+    same, _ = comp(*args, teacher_states=own, teacher_rows=[0], hidden_weight=2.0)
+    assert comp.last_loss_terms["hidden"] == pytest.approx(0.0, abs=1e-6)
+    assert float(same.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
+    other = own + torch.randn(own.shape, generator=torch.Generator().manual_seed(0))
+    loss, _ = comp(*args, teacher_states=other, teacher_rows=[0], hidden_weight=0.5)
+    hidden = comp.last_loss_terms["hidden"]
+    assert hidden > 0
+    assert float(loss.detach()) == pytest.approx(float(plain.detach()) + 0.5 * hidden, rel=1e-5)
+    with pytest.raises(cc.InvalidInputError, match="teacher states"):
+        comp(*args, teacher_states=other[:, 1:], teacher_rows=[0], hidden_weight=1.0)
+
+
+@pytest.mark.parametrize("method", ["sac", "icae"])
+def test_hidden_distillation_trains_and_logs_its_term(method, qa_file, tmp_path):
+    trainer = Trainer(distill_config(qa_file, tmp_path / "h", method, weight=0, hidden_weight=1))
+    assert trainer.teacher is not None  # the hidden term alone needs the teacher
+    before = params(trainer.compressor)
+    trainer.run()
+    line = json.loads((tmp_path / "h" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["hidden"] > 0 and line["kl"] > 0  # the KL is logged, at weight 0
+    assert line["loss"] == pytest.approx(line["ce"] + line["hidden"], rel=1e-4)
+    after = params(trainer.compressor)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_hidden_distillation_options_are_checked(qa_file, tmp_path):
+    with pytest.raises(cc.InvalidInputError, match="hidden_weight must be >= 0"):
+        distill_config(qa_file, tmp_path / "x", hidden_weight=-1)
+    with pytest.raises(cc.InvalidInputError, match="drop cache_dir"):
+        distill_config(qa_file, tmp_path / "x", hidden_weight=1, top_k=8, cache_dir="c")
+    with pytest.raises(cc.InvalidInputError, match="distill.hidden_weight"):
+        distill_config(qa_file, tmp_path / "x", hidden_weight="lots")

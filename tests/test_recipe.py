@@ -202,7 +202,7 @@ def test_distillation_weight_zero_is_the_plain_loss_and_self_teacher_gives_kl_ze
     ctx, prompts, targets = _batch(comp)
     plain, n = comp(ctx, prompts, targets)
     with torch.no_grad():
-        teacher, _, _ = comp.target_logits(ctx, prompts, targets)
+        teacher = comp.target_logits(ctx, prompts, targets).logits
     off, n_off = comp(ctx, prompts, targets, teacher_logits=teacher, teacher_rows=[0, 1])
     assert (float(off.detach()), n_off) == (float(plain.detach()), n)
     assert comp.last_loss_terms["kl"] == pytest.approx(0.0, abs=1e-5)
@@ -231,7 +231,8 @@ def test_distillation_over_some_rows_only():
     comp = build("sac")
     ctx, prompts, targets = _batch(comp)
     with torch.no_grad():
-        teacher, _, rows = comp.target_logits(ctx, prompts, targets)
+        out = comp.target_logits(ctx, prompts, targets)
+    teacher, rows = out.logits, out.rows
     second = teacher[rows == 1]
     comp(ctx, prompts, targets, teacher_logits=second, teacher_rows=[1], distill_weight=1.0)
     assert comp.last_loss_terms["kl"] == pytest.approx(0.0, abs=1e-5)

@@ -16,6 +16,11 @@ dev F1 on the first 50 ``squad:dev`` items:
 * ``sac_r4_all_linear``: SAC at 4x with LoRA on every projection (attention and MLP), not
   only q/v: more capacity to pack content into the anchors;
 * ``sac_r4_lr1e-3``: SAC at 4x with a 5x higher learning rate (1e-3);
+* ``sac_r4_kl_frozen``: SAC at 4x distilled from the frozen model reading the whole context
+  (the KL on the answer tokens, weight 1);
+* ``sac_r4_hidden``: the same plus hidden-state distillation (weight 1): the decoder's states
+  at every layer of every question and answer token, against the frozen model's on the whole
+  context — a dense signal of what the anchors must let the decoder read;
 * ``trained_truncation``: the head of the context at the same budget, LoRA-encoded (the
   reference the targets divide by).
 
@@ -65,6 +70,16 @@ ROWS: dict[str, dict] = {
         "options": {**RECIPE, "ratio": 4, "lora_target_modules": ALL_LINEAR},
     },
     "sac_r4_lr1e-3": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "train": {"lr": 1e-3}},
+    "sac_r4_kl_frozen": {
+        "method": "sac",
+        "options": {**RECIPE, "ratio": 4},
+        "distill": {"weight": 1.0, "teacher": "full_context"},
+    },
+    "sac_r4_hidden": {
+        "method": "sac",
+        "options": {**RECIPE, "ratio": 4},
+        "distill": {"weight": 1.0, "hidden_weight": 1.0, "teacher": "full_context"},
+    },
     "trained_truncation": {"method": "prompt_tuned", "options": {**TRUNCATION, "ratio": 4}},
 }
 DESCRIPTIONS = {
@@ -75,6 +90,8 @@ DESCRIPTIONS = {
     "sac_r4_from_r1": "SAC at 4x, started from `sac_r1` (150 + 150 steps)",
     "sac_r4_all_linear": "SAC at 4x, LoRA on every projection (not only q/v)",
     "sac_r4_lr1e-3": "SAC at 4x, lr 1e-3 (5x)",
+    "sac_r4_kl_frozen": "SAC at 4x, KL distillation from the frozen model on the whole context",
+    "sac_r4_hidden": "SAC at 4x, KL + hidden-state distillation (every layer, question and answer)",
     "trained_truncation": "trained truncation at 4x (head of the context, LoRA-encoded)",
 }
 
@@ -93,6 +110,7 @@ def row_config(name: str, steps: int, out: Path):
             "data": [{**d, "objective": "qa"} for d in BENCHMARK.settings[SETTING]["train"]],
             "train": {**LOOP, "steps": steps, **row.get("train", {})},
             "output_dir": str(out / "train" / name),
+            **({"distill": row["distill"]} if "distill" in row else {}),
         }
     )
 

@@ -407,6 +407,8 @@ class Compressor(
         contexts: Sequence[CompressedContext],
         prompt_ids: Sequence[Sequence[int]],
         tasks: Sequence[str] | None = None,
+        *,
+        all_layers: bool = False,
     ) -> torch.Tensor:
         """Frozen decoder's last hidden states for ``[LM] + prompt`` after each context.
 
@@ -414,7 +416,9 @@ class Compressor(
         are left-padded, so the last ``n = k + len(prompt_ids[b])`` columns of row b are its
         inputs (``k``: the rows of :meth:`decoder_opener`) and column ``-n + i`` predicts the
         token after input i. No LM head is applied: training computes logits only where
-        there are labels.
+        there are labels. With ``all_layers`` the output of every decoder layer, stacked:
+        ``[layers, B, T, hidden]`` (the last one is the final-normed state above), what
+        hidden-state distillation compares (METHODS.md §7).
         """
         tasks = tasks or ["lm"] * len(contexts)
         with self.decoder_mode():
@@ -437,8 +441,9 @@ class Compressor(
                 attention_mask=mask,
                 **cache_kwargs(batch.cache),
                 use_cache=False,
+                output_hidden_states=all_layers,
             )
-        return out.last_hidden_state
+        return torch.stack(out.hidden_states[1:]) if all_layers else out.last_hidden_state
 
     def decoder_forward(
         self,

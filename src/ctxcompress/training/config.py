@@ -95,6 +95,10 @@ class DistillConfig:
     """``w`` in ``CE + w * T^2 * KL(teacher || student)``; 0 turns distillation off."""
     temperature: float = 1.0
     """``T``: both distributions are softened by it."""
+    hidden_weight: float = 0.0
+    """``v`` in ``+ v * hidden_distance(student states, teacher states)``: the decoder's
+    every-layer states at every input after the context against the teacher's (a dense
+    signal; ``training/distillation.py``); 0 turns it off."""
     teacher: str = "full_context"
     """``full_context`` (the frozen base model reading the whole context) or a saved
     compressor folder on the same base model (e.g. a trained full-context model)."""
@@ -104,12 +108,17 @@ class DistillConfig:
     """Store the teacher's top-k logits per example here (needs ``top_k``), so that every
     epoch and every run sharing the folder computes each example's teacher pass once."""
 
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a teacher to run (either term has a weight)."""
+        return self.weight > 0 or self.hidden_weight > 0
+
     def __post_init__(self) -> None:
         try:
             self.top_k = int(self.top_k)
         except (TypeError, ValueError):
             raise InvalidInputError(f"distill.top_k must be an int, got {self.top_k!r}") from None
-        for name in ("weight", "temperature"):
+        for name in ("weight", "temperature", "hidden_weight"):
             value = getattr(self, name)
             try:
                 setattr(self, name, float(value))
@@ -182,7 +191,16 @@ class TrainConfig:
                 "distill.cache_dir stores the teacher's top-k logits: set distill.top_k too "
                 "(e.g. 64)"
             )
-        if distill.weight > 0:
+        if distill.hidden_weight < 0:
+            raise InvalidInputError(
+                f"distill.hidden_weight must be >= 0, got {distill.hidden_weight}"
+            )
+        if distill.cache_dir and distill.hidden_weight > 0:
+            raise InvalidInputError(
+                "distill.cache_dir stores only the teacher's logits; with distill.hidden_weight "
+                "> 0 the teacher runs in every step for its states anyway: drop cache_dir"
+            )
+        if distill.enabled:
             check_teacher_spec(distill.teacher)
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             raise InvalidInputError(f"resume={self.resume!r}: no such checkpoint")

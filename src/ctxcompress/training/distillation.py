@@ -7,6 +7,14 @@ loss becomes ``CE + w * T^2 * KL(teacher_T || student_T)`` over the target token
 teacher's logits computed in the same step under ``no_grad``
 (:meth:`~ctxcompress.methods.base.Compressor.forward` adds the term).
 
+With ``distill.hidden_weight = v`` the loss also gets ``v * hidden_distance``
+(:func:`~ctxcompress.methods.loss.hidden_distance`): the student decoder's states at every
+layer, at every input it reads after the context (``prompt + target[:-1]``), against the
+teacher's at the same tokens. The KL sees ~5 answer distributions per QA example; the states
+are a signal at every layer of every question token too — what the compressed context must
+make the decoder *read* (the query's attention output), not only what it finally says. The
+teacher's states are computed in the step (never cached).
+
 With ``distill.top_k = k`` only the teacher's k most likely tokens per position are kept
 (renormalised; :func:`~ctxcompress.methods.loss.distillation_kl`), and with
 ``distill.cache_dir`` those are stored on disk per example (keyed by the teacher's identity,
@@ -49,14 +57,23 @@ FULL_CONTEXT = "full_context"
 
 
 class Teacher:
-    """Logits of a teacher at the target positions of ``[LM]`` examples."""
+    """Logits of a teacher at the target positions of ``[LM]`` examples (and, for
+    hidden-state distillation, its decoder states at their ``prompt + target[:-1]``)."""
 
     identity: str = ""
     """What makes two teachers give the same logits (the cache key's first part)."""
 
-    def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
-        """``[sum of target lengths, vocab]`` float32, in example order, no gradients."""
+    def outputs(
+        self, examples: Sequence[TrainExample], with_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[sum of target lengths, vocab]`` float32, in example order, and with
+        ``with_states`` every decoder layer's states ``[layers, sum of (prompt + target)
+        lengths - 1 per example, hidden]`` (else None); no gradients."""
         raise NotImplementedError
+
+    def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
+        """The logits of :meth:`outputs` alone."""
+        return self.outputs(examples)[0]
 
 
 @dataclass
@@ -69,10 +86,19 @@ class TeacherTargets:
     cache_dir: Path | None = None
 
     def __call__(
-        self, examples: Sequence[TrainExample]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, examples: Sequence[TrainExample], with_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The teacher's logits (full, or top-k values), their vocabulary ids (top-k only) and
+        with ``with_states`` its decoder states. States are never cached (they are large), so
+        asking for them runs the teacher on every example."""
+        if with_states:
+            logits, states = self.teacher.outputs(examples, with_states=True)
+            if not self.top_k:
+                return logits, None, states
+            values, indices = logits.topk(self.top_k, dim=-1)
+            return values, indices.int(), states
         if not self.top_k:
-            return self.teacher.logits(examples), None
+            return self.teacher.logits(examples), None, None
         found = [self._load(e) for e in examples]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
@@ -83,7 +109,7 @@ class TeacherTargets:
                 found[i] = (v, ix.int())
                 self._store(examples[i], v, ix.int())
         values = torch.cat([f[0] for f in found])  # type: ignore[index]
-        return values, torch.cat([f[1] for f in found])  # type: ignore[index]
+        return values, torch.cat([f[1] for f in found]), None  # type: ignore[index]
 
     def _path(self, example: TrainExample) -> Path | None:
         if self.cache_dir is None:
@@ -130,7 +156,9 @@ class FrozenFullContextTeacher(Teacher):
         self.identity = f"{FULL_CONTEXT}:{student.base_fingerprint}"
 
     @torch.no_grad()
-    def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
+    def outputs(
+        self, examples: Sequence[TrainExample], with_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         comp = self.student
         # Position i of a row predicts its token i + 1.
         ids, valid = right_padded(
@@ -138,19 +166,32 @@ class FrozenFullContextTeacher(Teacher):
         )
         width, device = ids.shape[1], comp.device
         with comp.decoder_mode():
-            hidden = comp.backbone(
+            out = comp.backbone(
                 input_ids=ids.to(device),
                 attention_mask=valid.to(device),
                 position_ids=torch.arange(width, device=device)[None].expand(len(examples), -1),
                 use_cache=False,
-            ).last_hidden_state
+                output_hidden_states=with_states,
+            )
         picks = [
             (i, len(e.context_ids) + len(e.prompt_ids) - 1 + j)
             for i, e in enumerate(examples)
             for j in range(len(e.target_ids))
         ]
         r, c = (torch.tensor(x, device=device) for x in zip(*picks, strict=True))
-        return comp.lm.get_output_embeddings()(hidden[r, c]).float()
+        logits = comp.lm.get_output_embeddings()(out.last_hidden_state[r, c]).float()
+        if not with_states:
+            return logits, None
+        # The inputs after the context: prompt + target[:-1] (as the student's decoder reads
+        # them after its [LM] opener).
+        after = [
+            (i, len(e.context_ids) + j)
+            for i, e in enumerate(examples)
+            for j in range(len(e.prompt_ids) + len(e.target_ids) - 1)
+        ]
+        r = torch.tensor([i for i, _ in after], dtype=torch.long, device=device)
+        c = torch.tensor([j for _, j in after], dtype=torch.long, device=device)
+        return logits, torch.stack(out.hidden_states[1:])[:, r, c]
 
 
 class CompressorTeacher(Teacher):
@@ -161,14 +202,17 @@ class CompressorTeacher(Teacher):
         self.identity = f"{teacher.method}:{teacher.fingerprint}"
 
     @torch.no_grad()
-    def logits(self, examples: Sequence[TrainExample]) -> torch.Tensor:
-        logits, _, _ = self.teacher.target_logits(
+    def outputs(
+        self, examples: Sequence[TrainExample], with_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.teacher.target_logits(
             [e.context_ids for e in examples],
             [e.prompt_ids for e in examples],
             [e.target_ids for e in examples],
             [e.task for e in examples],
+            with_states=with_states,
         )
-        return logits
+        return out.logits, out.states
 
 
 def check_teacher_spec(teacher: str) -> None:

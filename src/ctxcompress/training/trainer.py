@@ -91,7 +91,7 @@ class Trainer:
             self.loop.seed,
         )
         distill = config.distill
-        self.teacher = build_teacher_targets(distill, comp) if distill.weight > 0 else None
+        self.teacher = build_teacher_targets(distill, comp) if distill.enabled else None
         params = comp.trainable_parameters()
         if not params:
             raise InvalidInputError(f"{config.method} has nothing to train")
@@ -225,7 +225,7 @@ class Trainer:
         acc.unwrap_model(model).training_step = self.step
         model.train()
         loss_total = torch.zeros((), device=acc.device)
-        terms = torch.zeros(2, device=acc.device)  # CE and KL sums, for the log
+        terms = torch.zeros(3, device=acc.device)  # CE, KL and hidden sums, for the log
         ratios = self._ratios(len(micro))
         compressor = acc.unwrap_model(model)
         for i, mb in enumerate(micro):
@@ -245,7 +245,7 @@ class Trainer:
             acc.backward(loss)
             loss_total += loss_sum.detach()
             parts = acc.unwrap_model(model).last_loss_terms
-            terms += torch.tensor([parts["ce"], parts["kl"]], device=acc.device)
+            terms += torch.tensor([parts[k] for k in ("ce", "kl", "hidden")], device=acc.device)
         grad_norm = acc.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], self.loop.grad_clip
         )
@@ -254,8 +254,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         loss_global = acc.reduce(loss_total, reduction="sum") / targets
-        ce, kl = (acc.reduce(terms, reduction="sum") / targets).tolist()
-        extra = {"ce": ce, "kl": kl} if self.teacher is not None else {}
+        ce, kl, hidden = (acc.reduce(terms, reduction="sum") / targets).tolist()
+        extra = {}
+        if self.teacher is not None:
+            extra = {"ce": ce, "kl": kl}
+            if self.config.distill.hidden_weight > 0:
+                extra["hidden"] = hidden
         return {
             "step": self.step,
             "loss": float(loss_global),
@@ -283,13 +287,18 @@ class Trainer:
         rows = [i for i, e in enumerate(examples) if e.task == "lm"]
         if self.teacher is None or not rows:
             return {}
-        logits, indices = self.teacher([examples[i] for i in rows])
+        distill = self.config.distill
+        logits, indices, states = self.teacher(
+            [examples[i] for i in rows], with_states=distill.hidden_weight > 0
+        )
         return {
             "teacher_logits": logits,
             "teacher_indices": indices,
             "teacher_rows": rows,
-            "distill_weight": self.config.distill.weight,
-            "temperature": self.config.distill.temperature,
+            "distill_weight": distill.weight,
+            "temperature": distill.temperature,
+            "teacher_states": states,
+            "hidden_weight": distill.hidden_weight,
         }
 
     def run(
