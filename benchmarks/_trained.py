@@ -20,6 +20,10 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
   ``run_order``, the ``difference_references`` and optional ``targets``;
 * optionally per setting ``system_overrides: {system: {field: value}}``: fields of a system
   that differ in this setting (e.g. ``distill: null`` to train without a teacher);
+* optionally ``kept_teachers``: a folder (relative to the checkout that holds ``--out``)
+  where every finished teacher's stage-2 compressor is copied in bfloat16, as
+  ``<setting>/<system>/``, to be committed: checkpoints are not in git, a teacher takes hours
+  to retrain, and its kept copy is what a fresh checkout distils from;
 * optionally per setting ``savings: {systems, lengths}``: what the trained compressed contexts
   save against the full context (KV bytes, answer latency), measured with ``ctxcompress
   bench --compressor`` on each system's stage-2 compressor at those context lengths.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 import ctxcompress as cc
 from ctxcompress.data import load_qa
@@ -183,9 +189,43 @@ class Benchmark:
         if stage == 2 and steps["stage1"] > 0:
             config["init_from"] = str(out / "train" / system / "stage1" / "compressor")
         if stage == 2 and info.get("distill"):
-            teacher = out / "train" / info["distill"] / "stage2" / "compressor"
+            teacher = self.teacher_folder(setting, info["distill"], out)
             config["distill"] = {"weight": 1.0, "temperature": 1.0, "teacher": str(teacher)}
         return parse_config(config)
+
+    # ------------------------------------------------------------------------- teachers
+    def teachers(self, setting: str) -> set[str]:
+        """The systems of ``setting`` that another of its systems distils from."""
+        own = self.settings[setting].get("systems", self.canonical)
+        return {t for s in own if (t := self.system_spec(s, setting).get("distill"))}
+
+    def kept_teacher(self, setting: str, teacher: str, out: Path) -> Path | None:
+        """Where ``kept_teachers`` keeps ``teacher``'s bfloat16 copy (None without it)."""
+        folder = self.spec.get("kept_teachers")
+        return checkout_root(out) / folder / setting / teacher if folder else None
+
+    def teacher_folder(self, setting: str, teacher: str, out: Path) -> Path:
+        """The stage-2 compressor a distilled system learns from: the one trained under
+        ``out``, else its kept copy, else the trained one's place (to be trained)."""
+        trained = out / "train" / teacher / "stage2" / "compressor"
+        kept = self.kept_teacher(setting, teacher, out)
+        if not trained.is_dir() and kept is not None and (kept / "ctxcompress.json").is_file():
+            return kept
+        return trained
+
+    def keep_teacher(self, setting: str, teacher: str, out: Path) -> None:
+        """Copy a finished teacher's stage-2 compressor to its kept place in bfloat16, once
+        (written beside it and renamed: never half a folder)."""
+        dest = self.kept_teacher(setting, teacher, out)
+        source = out / "train" / teacher / "stage2" / "compressor"
+        if dest is None or dest.is_dir() or not source.is_dir():
+            return
+        staging = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        to_bfloat16(staging)
+        staging.rename(dest)
+        print(f"[{self.name}] kept {teacher} ({setting}) in {out_relative(dest)}: commit it")
 
     # ------------------------------------------------------------------------- one system
     def train_system(self, system: str, setting: str, args, out: Path, dev) -> cc.Compressor:
@@ -238,11 +278,14 @@ class Benchmark:
                 continue
             if system in self.systems:
                 teacher = self.system_spec(system, setting).get("distill")
-                if teacher and not (out / "train" / teacher / "stage2" / "compressor").is_dir():
-                    # The teacher's weights are not kept in git: train it again
-                    # (deterministic: the same weights; its curve and tests are reused).
+                if teacher and not self.teacher_folder(setting, teacher, out).is_dir():
+                    # Neither trained here nor kept: train it again (deterministic: the
+                    # same weights; its curve and tests are reused).
                     self.train_system(teacher, setting, args, out, dev)
+                    self.keep_teacher(setting, teacher, out)
                 comp = self.train_system(system, setting, args, out, dev)
+                if system in self.teachers(setting):
+                    self.keep_teacher(setting, system, out)
             else:
                 comp = self.zero_shot(system, setting)
             for test, path in paths.items():
@@ -564,14 +607,31 @@ class Benchmark:
             write_json(summary_path, summary)
 
 
-def out_relative(path: Path) -> Path:
-    """``path`` relative to the root of the checkout holding it (for commands): this one, or
-    another worktree's when a run from a fixed-commit worktree writes into ``--out`` here."""
+def checkout_root(path: Path) -> Path:
+    """The root of the checkout holding ``path``: this one, or another worktree's when a run
+    from a fixed-commit worktree writes into ``--out`` here (this one for a path in none)."""
     resolved = path.resolve()
     for root in (ROOT, *resolved.parents):
         if resolved.is_relative_to(root) and (root / "pyproject.toml").is_file():
-            return resolved.relative_to(root)
-    return path
+            return root
+    return ROOT
+
+
+def out_relative(path: Path) -> Path:
+    """``path`` relative to the root of the checkout holding it (for commands)."""
+    root = checkout_root(path)
+    resolved = path.resolve()
+    return resolved.relative_to(root) if resolved.is_relative_to(root) else path
+
+
+def to_bfloat16(folder: Path) -> None:
+    """Rewrite every floating tensor of the folder's safetensors files in bfloat16."""
+    for path in folder.rglob("*.safetensors"):
+        tensors = load_file(str(path))
+        save_file(
+            {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
+            str(path),
+        )
 
 
 def stage1_clock(config) -> dict[str, float]:

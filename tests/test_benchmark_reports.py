@@ -446,16 +446,60 @@ def test_headline_spec_builds_every_system_of_every_setting(monkeypatch, tmp_pat
             distilled = bench.system_spec(system, setting).get("distill")
             if system in ("sac", "pic", "icae"):
                 assert two.method_options["sink_tokens"] == 5
-            if distilled:
-                assert two.distill.teacher == str(
-                    tmp_path / "train" / distilled / "stage2" / "compressor"
-                )
+            if distilled:  # trained under --out, else its committed bfloat16 copy
+                kept = ROOT / "benchmarks/headline/teachers" / setting / distilled
+                trained = tmp_path / "train" / distilled / "stage2" / "compressor"
+                expected = kept if (kept / "ctxcompress.json").is_file() else trained
+                assert two.distill.teacher == str(expected)
             else:
                 assert two.distill.weight == 0
         assert all("standard" in t for t in spec["tests"].values())
     # sac_4x overrides the recipe's teacher (its weights were lost); 16x keeps it.
     assert bench.system_spec("sac", "sac_4x")["distill"] is None
     assert bench.system_spec("sac", "multi_16x")["distill"] == "trained_full"
+
+
+def test_a_finished_teacher_is_kept_in_bfloat16_and_distilled_from_on_a_fresh_machine(
+    tmp_path,
+):
+    import copy
+    import shutil
+
+    import torch
+    from benchmarks._trained import Benchmark
+    from safetensors.torch import load_file
+
+    import ctxcompress as cc
+    from ctxcompress.testing import tiny_model
+
+    checkout = tmp_path / "checkout"  # what --out lives in: the kept copy goes there
+    (checkout / "pyproject.toml").parent.mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    out = checkout / "results" / "multi_16x"
+    spec = copy.deepcopy(headline.BENCHMARK.spec)
+    spec["kept_teachers"] = "kept"
+    bench = Benchmark("headline", "benchmarks/headline/run.py", spec)
+    assert bench.teachers("multi_16x") == {"trained_full"}
+    assert bench.teachers("sac_4x") == set()  # sac_4x trains without a teacher
+    trained = out / "train" / "trained_full" / "stage2" / "compressor"
+    kept = checkout / "kept" / "multi_16x" / "trained_full"
+    assert bench.teacher_folder("multi_16x", "trained_full", out) == trained  # to be trained
+    teacher = cc.build_compressor("prompt_tuned", tiny_model(), context="full", lora_rank=4)
+    teacher.save_pretrained(trained)
+    bench.keep_teacher("multi_16x", "trained_full", out)
+    assert (kept / "ctxcompress.json").is_file() and not kept.with_name(
+        "trained_full.partial"
+    ).exists()
+    tensors = [t for f in kept.rglob("*.safetensors") for t in load_file(str(f)).values()]
+    assert tensors and all(t.dtype == torch.bfloat16 for t in tensors if t.is_floating_point())
+    assert bench.teacher_folder("multi_16x", "trained_full", out) == trained  # trained wins
+    (kept / "marker").write_text("kept once")
+    bench.keep_teacher("multi_16x", "trained_full", out)  # never rewritten
+    assert (kept / "marker").is_file()
+    shutil.rmtree(out / "train")  # a fresh machine: checkpoints gone, the commit remains
+    assert bench.teacher_folder("multi_16x", "trained_full", out) == kept
+    loaded = cc.load_compressor(kept)
+    assert loaded.method == "prompt_tuned"
 
 
 def test_benchmark_spec_refuses_overrides_of_unknown_systems(tmp_path):

@@ -24,12 +24,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
-from benchmarks._trained import standard_references  # noqa: E402
+from benchmarks._trained import standard_references, to_bfloat16  # noqa: E402
 from benchmarks.headline.run import BENCHMARK  # noqa: E402
 
 import ctxcompress as cc  # noqa: E402
@@ -44,16 +41,6 @@ from ctxcompress.evaluation import (  # noqa: E402
 from ctxcompress.evaluation.significance import paired_difference  # noqa: E402
 
 PACKAGE_ROOT = ROOT / "src" / "ctxcompress" / "compressors"
-
-
-def to_bfloat16(folder: Path) -> None:
-    """Rewrite every floating tensor of the folder's safetensors files in bfloat16."""
-    for path in folder.rglob("*.safetensors"):
-        tensors = load_file(str(path))
-        save_file(
-            {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
-            str(path),
-        )
 
 
 def metric_of(results: list[EvalResult]) -> str:
