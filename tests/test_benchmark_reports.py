@@ -599,12 +599,17 @@ def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch
     assert bench.is_current("sac", path, 2000) and not bench.is_current("sac", path, 3000)
 
 
-def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(tmp_path):
+def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(
+    monkeypatch, tmp_path
+):
     """benchmarks/headline/learnability.py: every row parses into a training config on the
-    sac_4x data (the warm-started row from its first row's folder); the report keeps the
-    row order and lists only finished rows."""
+    sac_4x data (the warm-started row from its first row's folder, the distilled rows from
+    their teacher row's); the report keeps the row order and lists only finished rows."""
     from benchmarks.headline import learnability
 
+    import ctxcompress.training.config as training_config
+
+    monkeypatch.setattr(training_config, "check_teacher_spec", lambda spec: None)
     for name in learnability.ROWS:
         config = learnability.row_config(name, 150, tmp_path)
         assert [d.source for d in config.data] == ["squad:train", "nq-oracle:train"]
@@ -612,6 +617,15 @@ def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(
     warm = learnability.row_config("sac_r4_from_r1", 150, tmp_path)
     assert warm.init_from == str(tmp_path / "train" / "sac_r1" / "compressor")
     assert learnability.row_config("sac_r4", 150, tmp_path).init_from is None
+    distilled = learnability.row_config("sac_r4_hidden_full", 150, tmp_path).distill
+    assert distilled.teacher == str(tmp_path / "train" / "trained_full" / "compressor")
+    assert (distilled.weight, distilled.hidden_weight) == (1.0, 10.0)
+    assert learnability.row_config("sac_r4_kl_frozen", 150, tmp_path).distill.teacher == (
+        "full_context"
+    )
+    assert learnability.requires("sac_r4_kl_full") == ["trained_full"]
+    assert learnability.requires("sac_r4_from_r1") == ["sac_r1"]
+    assert learnability.requires("sac_r4") == []
     page = tmp_path / "results.md"
     page.write_text("<!-- begin learnability -->\n<!-- end learnability -->\n")
     results = {
