@@ -612,7 +612,7 @@ def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(
     monkeypatch.setattr(training_config, "check_teacher_spec", lambda spec: None)
     for name in learnability.ROWS:
         config = learnability.row_config(name, 150, tmp_path)
-        assert [d.source for d in config.data] == ["squad:train", "nq-oracle:train"]
+        assert [d.source for d in config.data][:2] == ["squad:train", "nq-oracle:train"]
         assert config.train.steps == 150 and config.method_options["ratio"] in (1, 4)
     warm = learnability.row_config("sac_r4_from_r1", 150, tmp_path)
     assert warm.init_from == str(tmp_path / "train" / "sac_r1" / "compressor")
@@ -626,6 +626,9 @@ def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(
     assert learnability.requires("sac_r4_kl_full") == ["trained_full"]
     assert learnability.requires("sac_r4_from_r1") == ["sac_r1"]
     assert learnability.requires("sac_r4") == []
+    ae = learnability.row_config("sac_r4_ae", 150, tmp_path)
+    assert [d.objective for d in ae.data] == ["qa", "qa", "autoencoding"]
+    assert ae.method_options["autoencoding"] is True
     page = tmp_path / "results.md"
     page.write_text("<!-- begin learnability -->\n<!-- end learnability -->\n")
     results = {
