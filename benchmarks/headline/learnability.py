@@ -11,6 +11,9 @@ dev F1 on the first 50 ``squad:dev`` items:
 * ``sac_r4``: SAC at 4x, as the headline trains it;
 * ``sac_r4_causal``: the same with a causal encoder (the paper's ablation);
 * ``sac_r4_no_anchor``: the same without the anchor embedding;
+* ``sac_r4_causal_plain``: causal encoder *and* no anchor embedding: at step 0 its KV is the
+  frozen model's own, every fourth entry (plus the sink) — mechanically trained truncation's
+  start but sparse, so it says whether sparsity alone stalls the learning;
 * ``sac_r4_from_r1``: SAC at 4x for 150 steps starting from ``sac_r1``'s weights (a warm
   start: 300 steps in all);
 * ``sac_r4_all_linear``: SAC at 4x with LoRA on every projection (attention and MLP), not
@@ -75,6 +78,10 @@ ROWS: dict[str, dict] = {
         "method": "sac",
         "options": {**RECIPE, "ratio": 4, "anchor_embedding": "none"},
     },
+    "sac_r4_causal_plain": {
+        "method": "sac",
+        "options": {**RECIPE, "ratio": 4, "encoder_attention": "causal", "anchor_embedding": "none"},
+    },
     "sac_r4_from_r1": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "init_from": "sac_r1"},
     "sac_r4_all_linear": {
         "method": "sac",
@@ -120,6 +127,7 @@ DESCRIPTIONS = {
     "sac_r4": "SAC at 4x (the headline's settings)",
     "sac_r4_causal": "SAC at 4x, causal encoder",
     "sac_r4_no_anchor": "SAC at 4x, no anchor embedding",
+    "sac_r4_causal_plain": "SAC at 4x, causal encoder, no anchor embedding",
     "sac_r4_from_r1": "SAC at 4x, started from `sac_r1` (150 + 150 steps)",
     "sac_r4_all_linear": "SAC at 4x, LoRA on every projection (not only q/v)",
     "sac_r4_lr1e-3": "SAC at 4x, lr 1e-3 (5x)",
