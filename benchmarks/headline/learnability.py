@@ -80,7 +80,12 @@ ROWS: dict[str, dict] = {
     },
     "sac_r4_causal_plain": {
         "method": "sac",
-        "options": {**RECIPE, "ratio": 4, "encoder_attention": "causal", "anchor_embedding": "none"},
+        "options": {
+            **RECIPE,
+            "ratio": 4,
+            "encoder_attention": "causal",
+            "anchor_embedding": "none",
+        },
     },
     "sac_r4_from_r1": {"method": "sac", "options": {**RECIPE, "ratio": 4}, "init_from": "sac_r1"},
     "sac_r4_all_linear": {
