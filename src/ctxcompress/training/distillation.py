@@ -95,21 +95,24 @@ class TeacherTargets:
             logits, states = self.teacher.outputs(examples, with_states=True)
             if not self.top_k:
                 return logits, None, states
-            values, indices = logits.topk(self.top_k, dim=-1)
-            return values, indices.int(), states
+            return *self._top_k(logits), states
         if not self.top_k:
             return self.teacher.logits(examples), None, None
         found = [self._load(e) for e in examples]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
-            logits = self.teacher.logits([examples[i] for i in missing])
-            values, indices = logits.topk(self.top_k, dim=-1)
+            values, indices = self._top_k(self.teacher.logits([examples[i] for i in missing]))
             sizes = [len(examples[i].target_ids) for i in missing]
             for i, v, ix in zip(missing, values.split(sizes), indices.split(sizes), strict=True):
-                found[i] = (v, ix.int())
-                self._store(examples[i], v, ix.int())
+                found[i] = (v, ix)
+                self._store(examples[i], v, ix)
         values = torch.cat([f[0] for f in found])  # type: ignore[index]
         return values, torch.cat([f[1] for f in found]), None  # type: ignore[index]
+
+    def _top_k(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's ``top_k`` logits per position and their vocabulary ids (int32)."""
+        values, indices = logits.topk(self.top_k, dim=-1)
+        return values, indices.int()
 
     def _path(self, example: TrainExample) -> Path | None:
         if self.cache_dir is None:
