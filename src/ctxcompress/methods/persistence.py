@@ -161,10 +161,10 @@ class PersistenceMixin:
             f"- method: `{self.method}` (ratio {self.config.ratio}x)\n"
             f"- base model: `{self.base_source}` (fingerprint `{self.base_fingerprint}`)\n"
             f"- ctxcompress {__version__}\n\n"
-            "```python\nimport ctxcompress as cc\n"
-            "comp = cc.load_compressor('path/to/this/folder')\n"
-            "ctx = comp.compress('a long document ...')\n"
-            "comp.generate(ctx, ['a question?'], max_new_tokens=32)\n```\n"
+            "```python\nimport ctxcompress as cc\n\n"
+            'comp = cc.load_compressor("path/to/this/folder")\n'
+            'ctx = comp.compress("a long document ...")\n'
+            'comp.generate(ctx, ["a question?"], max_new_tokens=32)\n```\n'
         )
 
 
