@@ -17,7 +17,9 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
   report adds);
 * ``systems``: ``{method, options, autoencoding, train, distill}`` (``distill``: the system of
   the same setting whose stage-2 compressor is the teacher), ``zero_shot`` rows, the
-  ``run_order``, the ``difference_references`` and optional ``targets``;
+  ``run_order``, the ``difference_references`` and optional ``targets`` (``{setting, test,
+  system, against, at_least}``: the system's score over the reference's on a test, paired;
+  ``test: curve`` compares the two dev learning curves at every common step instead);
 * optionally per setting ``system_overrides: {system: {field: value}}``: fields of a system
   that differ in this setting (e.g. ``distill: null`` to train without a teacher);
 * optionally ``kept_teachers``: a folder (relative to the checkout that holds ``--out``)
@@ -83,6 +85,18 @@ def load_spec(path: Path) -> dict[str, Any]:
             raise ValueError(
                 f"{path}: settings.{name}.system_overrides names unknown systems {unknown}"
             )
+    for i, target in enumerate(spec.get("targets", [])):
+        setting = spec["settings"].get(target["setting"])
+        if setting is None:
+            raise ValueError(f"{path}: targets[{i}] names unknown setting {target['setting']!r}")
+        if target["test"] != "curve" and target["test"] not in setting["tests"]:
+            raise ValueError(
+                f"{path}: targets[{i}] names unknown test {target['test']!r} (known: "
+                f"{[*setting['tests'], 'curve']})"
+            )
+        references = {*known, "best_kvpress"}
+        if unknown := [s for s in (target["system"], target["against"]) if s not in references]:
+            raise ValueError(f"{path}: targets[{i}] names unknown systems {unknown}")
     return spec
 
 
@@ -126,10 +140,13 @@ class Benchmark:
         overrides = self.settings[setting].get("system_overrides", {}).get(system, {})
         return {**self.systems[system], **overrides}
 
+    def own_systems(self, setting: str) -> tuple[str, ...]:
+        """The systems a setting has: its ``systems`` list, default all of them."""
+        return tuple(self.settings[setting].get("systems", self.canonical))
+
     def systems_of(self, setting: str, args) -> list[str]:
-        """The selected systems this setting runs (its ``systems`` list, default all), in
-        the selection's order."""
-        own = self.settings[setting].get("systems", self.canonical)
+        """The selected systems this setting runs, in the selection's order."""
+        own = self.own_systems(setting)
         return [s for s in args.systems if s in own]
 
     def steps(self, setting: str, args) -> dict[str, int]:
@@ -196,7 +213,7 @@ class Benchmark:
     # ------------------------------------------------------------------------- teachers
     def teachers(self, setting: str) -> set[str]:
         """The systems of ``setting`` that another of its systems distils from."""
-        own = self.settings[setting].get("systems", self.canonical)
+        own = self.own_systems(setting)
         return {t for s in own if (t := self.system_spec(s, setting).get("distill"))}
 
     def kept_teacher(self, setting: str, teacher: str, out: Path) -> Path | None:
@@ -527,6 +544,14 @@ class Benchmark:
                 )
                 parts.append(f"![learning curves, {setting}](results/{plot.name})")
                 parts.append(self.curve_table(curves))
+                curve_targets = [
+                    t
+                    for t in self.spec.get("targets", [])
+                    if t["setting"] == setting and t.get("test") == "curve"
+                ]
+                if rows := curve_target_rows(curve_targets, curves):
+                    parts.append("Targets on the learning curve (dev F1 at every point):")
+                    parts.append(rows)
             times = load_json(out / "train_seconds.json", {})
             walls = load_json(out / "wall_seconds.json", {})
             if times or walls:
@@ -654,6 +679,26 @@ def standard_references(setting: str | None, results: list[EvalResult]) -> list[
     for r in rows:
         r.method = f"{r.method} (zero-shot)" if not r.method.startswith("kvpress:") else r.method
     return rows
+
+
+def curve_target_rows(targets: list[dict], curves: dict[str, list[dict]]) -> str:
+    """One line per learning-curve target (``test: curve``): ``system`` scores at least
+    ``at_least`` times ``against`` at every step both curves have; the steps where it does
+    not are named. Targets whose systems have no common step yet are left out."""
+    lines = ["| target | steps compared | steps below | verdict |", "|---|---|---|---|"]
+    for t in targets:
+        system = {p["step"]: p["f1"] for p in curves.get(t["system"], [])}
+        reference = {p["step"]: p["f1"] for p in curves.get(t["against"], [])}
+        steps = sorted(system.keys() & reference.keys())
+        if not steps:
+            continue
+        below = [s for s in steps if system[s] < t["at_least"] * reference[s]]
+        verdict = "met" if not below else "missed"
+        lines.append(
+            f"| {t['system']} >= {t['at_least']} x {t['against']} | "
+            f"{', '.join(map(str, steps))} | {', '.join(map(str, below)) or '-'} | {verdict} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def target_rows(

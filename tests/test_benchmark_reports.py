@@ -517,6 +517,43 @@ def test_benchmark_spec_refuses_overrides_of_unknown_systems(tmp_path):
         load_spec(path)
 
 
+def test_benchmark_spec_refuses_targets_on_unknown_tests_or_systems(tmp_path):
+    import pytest
+    import yaml
+    from benchmarks._trained import load_spec
+
+    original = yaml.safe_load((ROOT / "configs" / "benchmarks" / "headline.yaml").read_text())
+    for target, message in (
+        ({"test": "squadd"}, r"targets\[0\] names unknown test 'squadd'"),
+        ({"against": "pic"}, None),  # pic is a known system (not of sac_4x, but spec-wide)
+        ({"against": "kvpress"}, r"targets\[0\] names unknown systems \['kvpress'\]"),
+        ({"setting": "sac_8x"}, r"targets\[0\] names unknown setting 'sac_8x'"),
+    ):
+        spec = {**original, "targets": [{**original["targets"][0], **target}]}
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        if message is None:
+            load_spec(path)
+            continue
+        with pytest.raises(ValueError, match=message):
+            load_spec(path)
+
+
+def test_curve_targets_compare_the_dev_curves_at_every_common_step():
+    from benchmarks._trained import curve_target_rows
+
+    def curve(*f1s):
+        return [{"step": 100 * i, "f1": f1} for i, f1 in enumerate(f1s)]
+
+    target = {"setting": "multi_16x", "test": "curve", "system": "pic", "against": "icae"}
+    target["at_least"] = 1.0
+    rows = curve_target_rows([target], {"pic": curve(0.1, 0.2, 0.3), "icae": curve(0.1, 0.3)})
+    assert "| pic >= 1.0 x icae | 0, 100 | 100 | missed |" in rows  # step 200: no icae point
+    rows = curve_target_rows([target], {"pic": curve(0.2, 0.3), "icae": curve(0.1, 0.3)})
+    assert "| pic >= 1.0 x icae | 0, 100 | - | met |" in rows
+    assert curve_target_rows([target], {"pic": curve(0.2)}) == ""  # nothing to compare yet
+
+
 def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
