@@ -320,7 +320,9 @@ class Benchmark:
                     result.info["stage2_steps"] = stage2
                 result.save(path)
             del comp
-        self.measure_savings(setting, args, out)
+            # Right after its evaluations: a system's weights may not outlive the machine.
+            self.measure_savings(setting, args, out)
+        self.measure_savings(setting, args, out)  # systems finished before (once each)
         curves = load_json(out / "curves.json", {})
         self.plot(curves, out / "curves.png", setting, args)
 
