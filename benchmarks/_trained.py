@@ -552,7 +552,10 @@ class Benchmark:
                     if t["setting"] == setting and t.get("test") == "curve"
                 ]
                 if rows := curve_target_rows(curve_targets, curves):
-                    parts.append("Targets on the learning curve (dev F1 at every point):")
+                    parts.append(
+                        "Targets on the learning curve (dev F1 at every point both curves "
+                        "have; point estimates on the dev items, no interval):"
+                    )
                     parts.append(rows)
             times = load_json(out / "train_seconds.json", {})
             walls = load_json(out / "wall_seconds.json", {})
