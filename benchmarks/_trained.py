@@ -72,6 +72,8 @@ from ._common import command_line as _command_line
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD_RESULTS = ROOT / "benchmarks" / "standard" / "results"
 SAVINGS_REPEATS = 5
+CURVE = "curve"
+"""A target's ``test`` that compares the dev learning curves instead of a test set."""
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -89,10 +91,10 @@ def load_spec(path: Path) -> dict[str, Any]:
         setting = spec["settings"].get(target["setting"])
         if setting is None:
             raise ValueError(f"{path}: targets[{i}] names unknown setting {target['setting']!r}")
-        if target["test"] != "curve" and target["test"] not in setting["tests"]:
+        if target["test"] != CURVE and target["test"] not in setting["tests"]:
             raise ValueError(
                 f"{path}: targets[{i}] names unknown test {target['test']!r} (known: "
-                f"{[*setting['tests'], 'curve']})"
+                f"{[*setting['tests'], CURVE]})"
             )
         references = {*known, "best_kvpress"}
         if unknown := [s for s in (target["system"], target["against"]) if s not in references]:
@@ -139,6 +141,12 @@ class Benchmark:
         ``system_overrides`` for it on top."""
         overrides = self.settings[setting].get("system_overrides", {}).get(system, {})
         return {**self.systems[system], **overrides}
+
+    def targets(self, setting: str, test: str) -> list[dict[str, Any]]:
+        """The spec's targets on one test of a setting (``CURVE``: on its dev curves)."""
+        return [
+            t for t in self.spec.get("targets", []) if (t["setting"], t["test"]) == (setting, test)
+        ]
 
     def own_systems(self, setting: str) -> tuple[str, ...]:
         """The systems a setting has: its ``systems`` list, default all of them."""
@@ -494,10 +502,7 @@ class Benchmark:
         if references:
             parts.append(difference_legend(references, metric))
             parts.append(difference_table(results, references, metric))
-        targets = [
-            t for t in self.spec.get("targets", []) if t["test"] == test and t["setting"] == setting
-        ]
-        if rows := target_rows(targets, by_label, self, setting, metric):
+        if rows := target_rows(self.targets(setting, test), by_label, self, setting, metric):
             parts.append(
                 f"Targets ({LABELS.get(metric, metric)}, ratio of means with its "
                 "paired 95% bootstrap interval):"
@@ -546,12 +551,7 @@ class Benchmark:
                 )
                 parts.append(f"![learning curves, {setting}](results/{plot.name})")
                 parts.append(self.curve_table(curves))
-                curve_targets = [
-                    t
-                    for t in self.spec.get("targets", [])
-                    if t["setting"] == setting and t.get("test") == "curve"
-                ]
-                if rows := curve_target_rows(curve_targets, curves):
+                if rows := curve_target_rows(self.targets(setting, CURVE), curves):
                     parts.append(
                         "Targets on the learning curve (dev F1 at every point both curves "
                         "have; point estimates on the dev items, no interval):"
