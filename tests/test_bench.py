@@ -113,6 +113,8 @@ def test_bench_measures_a_trained_compressor_with_its_own_method_and_ratio(tmp_p
     )
     (row,) = result["rows"]
     assert (row["method"], row["ratio"], row["C"]) == ("sac", 8, 64 // 8)
+    recorded = result["settings"]  # what was measured, not the ignored flags
+    assert (recorded["method"], recorded["ratios"], recorded["base_model"]) == ("sac", [8], "tiny")
     assert "| KV KiB (C / full) |" in markdown_report(result)
     for extra in (["--ratios", "4"], ["--method", "pic"], ["--base-model", "embedded"]):
         refused = CliRunner().invoke(app, ["bench", "--compressor", str(folder), *extra])

@@ -252,9 +252,23 @@ def run_speed_benchmark(
                     f"{row['answer_vs_plain_prompt_of_C']:.2f}, batched x"
                     f"{row['batched_speedup']:.1f}"
                 )
+    settings = asdict(s) | {
+        "lengths": list(s.lengths),
+        "ratios": list(s.ratios),
+        "device": device,
+        "dtype": dtype,
+    }
+    if s.compressor:
+        # The fields a trained compressor overrides are recorded as measured, not as the
+        # ignored defaults (a reader of the JSON must not see "tiny" for a SmolLM2 run).
+        settings |= {
+            "base_model": base.source,
+            "method": comp.method,
+            "ratios": [comp.config.ratio],
+            "method_options": {},
+        }
     return {
-        "settings": asdict(s)
-        | {"lengths": list(s.lengths), "ratios": list(s.ratios), "device": device, "dtype": dtype},
+        "settings": settings,
         "machine": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
