@@ -329,8 +329,9 @@ class Benchmark:
                 result.save(path)
             del comp
             # Right after its evaluations: a system's weights may not outlive the machine.
-            self.measure_savings(setting, args, out)
-        self.measure_savings(setting, args, out)  # systems finished before (once each)
+            self.measure_savings(setting, [system], out)
+        # Systems whose evaluations were already current (each is measured once).
+        self.measure_savings(setting, self.systems_of(setting, args), out)
         curves = load_json(out / "curves.json", {})
         self.plot(curves, out / "curves.png", setting, args)
 
@@ -342,15 +343,15 @@ class Benchmark:
             f"{SAVINGS_REPEATS} --device cpu --out {out_relative(out)}/bench/{system}.json"
         )
 
-    def measure_savings(self, setting: str, args, out: Path) -> None:
-        """``ctxcompress bench`` on each trained system of ``savings`` (once; the JSON is
-        kept in git beside the evaluations)."""
+    def measure_savings(self, setting: str, systems: list[str], out: Path) -> None:
+        """``ctxcompress bench`` on each of ``systems`` that the setting's ``savings`` names
+        and that has trained weights (once; the JSON is kept in git beside the evaluations)."""
         from ctxcompress.bench import BenchSettings, run_speed_benchmark
 
         spec = self.settings[setting].get("savings")
         if not spec:
             return
-        for system in [s for s in spec["systems"] if s in self.systems_of(setting, args)]:
+        for system in [s for s in spec["systems"] if s in systems]:
             path = out / "bench" / f"{system}.json"
             folder = out / "train" / system / "stage2" / "compressor"
             if path.is_file() or not folder.is_dir():

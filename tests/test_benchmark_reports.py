@@ -618,8 +618,9 @@ def test_headline_report_pairs_with_standard_rows_and_checks_targets(monkeypatch
 
     monkeypatch.setattr(ctxcompress.bench, "run_speed_benchmark", fake_bench)
     (out / "sac_4x" / "train" / "sac" / "stage2" / "compressor").mkdir(parents=True)
-    bench.measure_savings("sac_4x", args, out / "sac_4x")  # trained_truncation: no folder
-    bench.measure_savings("sac_4x", args, out / "sac_4x")  # once: the JSON is kept
+    systems = bench.systems_of("sac_4x", args)
+    bench.measure_savings("sac_4x", systems, out / "sac_4x")  # trained_truncation: no folder
+    bench.measure_savings("sac_4x", ["sac"], out / "sac_4x")  # once: the JSON is kept
     (settings,) = measured
     assert settings.compressor.endswith("sac_4x/train/sac/stage2/compressor")
     assert settings.lengths == (196,) and settings.device == "cpu"
