@@ -60,19 +60,31 @@ def test_missing_altered_and_unknown_compressors_are_refused(package):
     assert result.exit_code != 0 and "reinstall ctxcompress" in result.output
 
 
-def test_the_package_ships_sac_4x_with_its_card_and_demo_items():
-    """The real package data (issue 19): ``embedded:sac-4x`` is listed, every file matches its
-    manifest, its card and demo items are there, and unknown names list what is shipped."""
-    assert "embedded:sac-4x" in shipped.available()
-    folder = shipped.resolve("embedded:sac-4x")  # every checksum verified
+@pytest.mark.parametrize(
+    ("name", "method", "ratio", "title", "demo_data"),
+    [
+        ("sac-4x", "sac", 4, "SAC at 4x", "squad:test"),
+        ("sac-16x", "sac", 16, "SAC at 16x", "hotpotqa:test"),
+        ("pic-16x", "pic", 16, "PIC at 16x", "hotpotqa:test"),
+    ],
+)
+def test_the_package_ships_each_headline_compressor_with_its_card_and_demo_items(
+    name: str, method: str, ratio: int, title: str, demo_data: str
+):
+    """The real package data (issue 19): each headline compressor is listed, every file
+    matches its manifest, its card and demo items are there, and unknown names list what is
+    shipped."""
+    assert f"embedded:{name}" in shipped.available()
+    folder = shipped.resolve(f"embedded:{name}")  # every checksum verified
     config = json.loads((folder / "ctxcompress.json").read_text())
-    assert config["method"] == "sac" and config["config"]["ratio"] == 4
+    assert config["method"] == method and config["config"]["ratio"] == ratio
     card = (folder / "MODEL_CARD.md").read_text()
-    assert card.startswith("# `embedded:sac-4x`: SAC at 4x on SmolLM2-135M-Instruct")
+    assert card.startswith(f"# `embedded:{name}`: {title} on SmolLM2-135M-Instruct")
     assert "## Scores" in card and "## Limits" in card and "benchmarks/headline/run.py" in card
+    assert f"- `{demo_data}` (" in card  # the standing names the test set it is measured on
     demo = json.loads((folder / "demo.json").read_text())
-    assert demo["data"] == "squad:test" and demo["limit"] > 0
-    assert {"sac-4x", "truncation@4x (zero-shot)", "full_context (zero-shot)"} <= set(
+    assert demo["data"] == demo_data and demo["limit"] > 0
+    assert {name, f"truncation@{ratio}x (zero-shot)", "full_context (zero-shot)"} <= set(
         demo["scores"]
     )
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -102,6 +114,24 @@ def test_the_shipped_sac_4x_compresses_to_a_quarter_and_answers_briefly():
     assert ctx.compressed_length * 3 < ctx.original_length
     (answer,) = comp.generate(ctx, ["In what country is Normandy located?"], max_new_tokens=16)
     assert answer.strip() and "\n" not in answer.strip() and len(answer.split()) <= 6, answer
+
+
+@pytest.mark.skipif(not has_embedded_model(), reason="embedded model not installed (make test)")
+def test_the_shipped_pic_16x_compresses_to_a_sixteenth_in_soft_embeddings():
+    """``embedded:pic-16x`` loaded by name: a sixteenth of the tokens as soft embeddings
+    (PIC's representation), float32 in use, and an answer the model reads from them."""
+    comp = cc.load_compressor("embedded:pic-16x")
+    assert comp.method == "pic" and comp.ratio == 16
+    assert all(p.dtype == torch.float32 for p in comp.trainable_parameters().values())
+    context = " ".join(
+        f"Paragraph {i}: the river Seine flows through Paris and reaches the sea at Le Havre."
+        for i in range(12)
+    )
+    ctx = comp.compress(context)
+    assert ctx.compressed_length == comp.compressed_length(len(comp.context_ids(context)))
+    assert ctx.compressed_length * 12 < ctx.original_length
+    (answer,) = comp.generate(ctx, ["Which river flows through Paris?"], max_new_tokens=8)
+    assert answer.strip(), "an empty answer from the shipped PIC compressor"
 
 
 def test_the_demo_measures_each_shipped_compressor_against_its_card(package, tmp_path):

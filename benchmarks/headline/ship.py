@@ -56,9 +56,11 @@ def trained_steps(folder: Path) -> int:
     return max((int(line.get("step", 0)) for line in lines), default=0)
 
 
-def standing(shipped_row: EvalResult, references: list[EvalResult], metric: str) -> str:
-    """One line: the shipped weights minus each reference on the same items, with paired
-    95% intervals."""
+def standing(
+    source: str, shipped_row: EvalResult, references: list[EvalResult], metric: str
+) -> str:
+    """One line per test set: the shipped weights minus each reference on the same items,
+    with paired 95% intervals, naming the test set and the metric compared."""
     parts = []
     for reference in references:
         difference = paired_difference(shipped_row, reference, metric)
@@ -67,7 +69,9 @@ def standing(shipped_row: EvalResult, references: list[EvalResult], metric: str)
         )
         parts.append(f"{word} `{reference.method}` ({difference.percent(signed=True)})")
     return (
-        f"- `{shipped_row.method}` on {shipped_row.overall['n']} items: " + "; ".join(parts) + "."
+        f"- `{source}` ({shipped_row.overall['n']} items, {metric}): `{shipped_row.method}` is "
+        + "; ".join(parts)
+        + "."
     )
 
 
@@ -121,7 +125,7 @@ def model_card(
         "scores below are of these stored weights.",
         f"- Retrain (resumable; the same command continues): `{command}`; ship: "
         f"`python benchmarks/headline/ship.py --setting {args.setting} --system {args.system} "
-        f"--name {name}`.",
+        f"--name {name} --demo-limit {args.demo_limit}`.",
         "",
         "## Scores (test sets; paired 95% bootstrap intervals on the same items)",
         "",
@@ -139,7 +143,7 @@ def model_card(
             lines += [difference_table(results, references, metric), ""]
         if free := training_free[test]:
             references = [*references, max(free, key=lambda r: r.overall[metric])]
-        standings.append(standing(results[0], references, metric))
+        standings.append(standing(spec["source"], results[0], references, metric))
     lines += ["## Where it stands", "", *standings]
     lines += [
         "",

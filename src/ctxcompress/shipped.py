@@ -6,7 +6,8 @@ commands, the command that retrains it, limits) and a ``manifest.json`` listing 
 with its SHA-256. :func:`resolve` checks every file against the manifest before anything is
 loaded, so a missing or altered file is a clear error, never a silently different model.
 
-Shipped so far: ``embedded:sac-4x`` (issue 19; ``benchmarks/headline/ship.py`` adds one).
+Shipped: ``embedded:sac-4x``, ``embedded:sac-16x`` and ``embedded:pic-16x`` (issue 19;
+``benchmarks/headline/ship.py`` adds one).
 Any other ``embedded:<name>`` of a compressor is refused with a message listing what is
 shipped. A primitive (the standard library and the package's errors and atomic writes).
 """
