@@ -11,6 +11,15 @@ overrides, in the same run, and reports each variant's time as a ratio to the pl
     python benchmarks/train_step.py --methods sac,pic,icae \
         --variant "distill:distill.weight=1" --out docs/benchmarks/train_step_distill.json
 
+Every row keeps its per-step training losses. A variant trains on the same batches as the
+plain step (the sampler is seeded), so its losses minus the plain ones, step by step, are a
+paired series: the **parity** table gives their mean with a 95% bootstrap interval, e.g. for
+bfloat16 steps against float32 (issue 38, lever 5: a 100-step loss curve within noise):
+
+    python benchmarks/train_step.py --methods sac,pic --steps 100 \
+        --set train.mixed_precision=no --variant "bf16:train.mixed_precision=bf16" \
+        --out docs/benchmarks/train_step_bf16.json
+
 ``plain_lora`` (in ``--methods``) is the reference a compressor's step is judged against: a
 plain LoRA fine-tuning step of the base model on the same examples (``prompt_tuned`` reading
 the full context, no prompt vectors, the SAC config's LoRA). ``--base-model`` and ``--dtype``
@@ -32,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ctxcompress.bench.speed import synchronize
+from ctxcompress.evaluation.significance import interval_of
 from ctxcompress.methods import TRAINABLE_METHODS
 from ctxcompress.models import load_base_model
 from ctxcompress.training import Trainer, load_config
@@ -106,9 +116,50 @@ def main() -> None:
             f"{'-' if peak is None else f'{peak / 2**30:.2f}'} |"
         )
     print("\n".join(table))
+    parity = parity_rows(rows)
+    if parity:
+        print(
+            "\nParity: variant loss minus plain loss on the same batches, per step "
+            "(mean [95% interval]); relative = mean difference / mean plain loss"
+        )
+        print("| method | variant | steps | plain loss | variant loss | difference | relative |")
+        print("|---|---|---|---|---|---|---|")
+        for p in parity:
+            print(
+                f"| {p['method']} | {p['variant']} | {p['steps']} | {p['plain_loss']:.3f} | "
+                f"{p['variant_loss']:.3f} | {p['difference']:+.3f} [{p['low']:+.3f}, "
+                f"{p['high']:+.3f}] | {100 * p['relative']:+.1f}% |"
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "machine": machine}, indent=2) + "\n")
+        document = {"rows": rows, "parity": parity, "machine": machine}
+        args.out.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def parity_rows(rows: list[dict]) -> list[dict]:
+    """Each variant's per-step losses against its method's plain run on the same batches."""
+    out = []
+    for row in rows:
+        if row["variant"] == "plain":
+            continue
+        plain = next(r for r in rows if r["method"] == row["method"] and r["variant"] == "plain")
+        a, b = row["losses"], plain["losses"]
+        difference = interval_of([x - y for x, y in zip(a, b, strict=True)])
+        mean_plain = statistics.fmean(b)
+        out.append(
+            {
+                "method": row["method"],
+                "variant": row["variant"],
+                "steps": len(a),
+                "plain_loss": mean_plain,
+                "variant_loss": statistics.fmean(a),
+                "difference": difference.mean,
+                "low": difference.low,
+                "high": difference.high,
+                "relative": difference.mean / mean_plain,
+            }
+        )
+    return out
 
 
 def time_method(method: str, variant: str, overrides: list[str], args: argparse.Namespace) -> dict:
@@ -132,11 +183,15 @@ def time_method(method: str, variant: str, overrides: list[str], args: argparse.
         )
         times: list[float] = []
         tokens: list[int] = []
+        losses: list[float] = []
         last = [time.perf_counter()]
 
-        def on_step(step: int, metrics: dict, times=times, tokens=tokens, last=last) -> None:
+        def on_step(
+            step: int, metrics: dict, times=times, tokens=tokens, losses=losses, last=last
+        ) -> None:
             synchronize()
             now = time.perf_counter()
+            losses.append(metrics["loss"])
             if step > 1:  # the first step is warm-up
                 times.append(now - last[0])
                 tokens.append(metrics["tokens"])
@@ -162,6 +217,7 @@ def time_method(method: str, variant: str, overrides: list[str], args: argparse.
         "batch_size": cfg.train.batch_size,
         "tokens_per_s": statistics.median(t / d for t, d in zip(tokens, times, strict=True)),
         "steps_timed": len(times),
+        "losses": losses,
         "peak_bytes": peak,
         "overrides": overrides,
     }

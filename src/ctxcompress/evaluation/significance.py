@@ -87,6 +87,14 @@ def mean_interval(
     return _mean_interval(scores, resamples, seed)
 
 
+def interval_of(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+    """The mean of any paired series (e.g. per-step loss differences of two training runs on
+    the same batches) with its 95% percentile-bootstrap interval."""
+    if not len(values):
+        raise InvalidInputError("no values to bootstrap")
+    return _mean_interval(np.asarray(values, dtype=float), resamples, seed)
+
+
 def _paired_scores(
     result: EvalResult, reference: EvalResult, metric: str
 ) -> tuple[dict[str, float], dict[str, float]]:

@@ -51,7 +51,12 @@ class LoopConfig:
     """``constant`` after warm-up (paper) or ``cosine``."""
     grad_clip: float = 2.0
     mixed_precision: str = "auto"
-    """``auto`` (bf16 where the device has it, else no), ``no``, ``bf16`` or ``fp16``."""
+    """``auto`` (bf16 on a GPU that has it, else no), ``no``, ``bf16`` or ``fp16``. On a CPU,
+    bf16 pays only with native bfloat16 (AVX512-BF16 / AMX; a warning says when not)."""
+    bf16_frozen_weights: bool = True
+    """With ``mixed_precision: bf16``: hold the frozen base's linear weights in bfloat16
+    during each step (``training/precision.py``; adapters, learned vectors and optimizer
+    state stay float32). False: autocast alone, which re-casts them in every pass."""
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
@@ -219,6 +224,8 @@ def _build(cls, data: Any, where: str):
             f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
         )
     kwargs = dict(data)
+    if cls is LoopConfig and kwargs.get("mixed_precision") is False:
+        kwargs["mixed_precision"] = "no"  # YAML 1.1 reads a bare `no` as false
     if cls is TrainConfig:
         if "train" in kwargs:
             kwargs["train"] = _build(LoopConfig, kwargs["train"] or {}, "train")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -36,9 +37,10 @@ from ..methods.persistence import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
 from .config import TrainConfig, changed_settings
-from .distillation import build_teacher_targets
+from .distillation import CompressorTeacher, build_teacher_targets
 from .examples import build_examples
 from .objectives import TrainExample
+from .precision import FrozenWeightsInLowPrecision, warn_if_bf16_is_emulated
 from .sampler import MixtureSampler
 
 
@@ -55,11 +57,19 @@ class Trainer:
         config.validate()
         self.config, self.loop, self.on_step = config, config.train, on_step
         self.output_dir = Path(config.output_dir)
+        mixed_precision = self._mixed_precision()
+        if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != (
+            mixed_precision
+        ):
+            # accelerate keeps one precision per process and refuses a second Trainer with
+            # another (benchmarks/train_step.py times both in one run): forget the old one,
+            # keeping the process group (PartialState).
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             # Without a GPU, cpu=True lets several launched processes (torchrun, or
             # `accelerate launch --multi_gpu`) form a gloo process group.
             cpu=not torch.cuda.is_available(),
-            mixed_precision=self._mixed_precision(),
+            mixed_precision=mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         acc = self.accelerator
@@ -109,6 +119,7 @@ class Trainer:
         extra = {"num_training_steps": self.loop.steps} if self.loop.schedule == "cosine" else {}
         self.scheduler = make(optimizer, num_warmup_steps=self.loop.warmup_steps, **extra)
         self.model, self.optimizer = acc.prepare(comp, optimizer)
+        self.low_precision = self._low_precision_weights(comp)
         self.step = 0
         # Time spent in optimisation steps up to ``self.step``, kept in checkpoints so a
         # resumed run reports the total: wall seconds, and this process's CPU seconds
@@ -124,6 +135,22 @@ class Trainer:
             return wanted
         has_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return "bf16" if has_bf16 else "no"
+
+    def _low_precision_weights(self, comp: Compressor) -> FrozenWeightsInLowPrecision | None:
+        """With bf16 steps: the frozen base weights' bfloat16 copies (``precision.py``)."""
+        if self.accelerator.mixed_precision != "bf16":
+            return None
+        warn_if_bf16_is_emulated(self.accelerator.device)
+        if not self.loop.bf16_frozen_weights:
+            return None
+        teacher = getattr(self.teacher, "teacher", None)  # a compressor teacher's own model
+        modules = [comp] + ([teacher.teacher] if isinstance(teacher, CompressorTeacher) else [])
+        swaps = FrozenWeightsInLowPrecision(modules, comp.trainable_parameters().values())
+        self._log(
+            f"bf16 steps: {swaps.weights} frozen weights held in bfloat16 during steps "
+            f"(+{swaps.extra_bytes / 2**20:.0f} MiB)"
+        )
+        return swaps
 
     def _param_groups(self, comp: Compressor) -> list[dict[str, Any]]:
         """One group at ``lr``, or, with ``embedding_lr_scale != 1``, the LoRA weights at
@@ -224,28 +251,10 @@ class Trainer:
         targets, tokens = self._global_tokens(micro)
         acc.unwrap_model(model).training_step = self.step
         model.train()
-        loss_total = torch.zeros((), device=acc.device)
-        terms = torch.zeros(3, device=acc.device)  # CE, KL and hidden sums, for the log
         ratios = self._ratios(len(micro))
-        compressor = acc.unwrap_model(model)
-        for i, mb in enumerate(micro):
-            sync = i == len(micro) - 1
-            at_ratio = compressor.at_ratio(ratios[i]) if ratios else nullcontext()
-            with nullcontext() if sync else acc.no_sync(model), acc.autocast(), at_ratio:
-                loss_sum, _ = model(
-                    [e.context_ids for e in mb],
-                    [e.prompt_ids for e in mb],
-                    [e.target_ids for e in mb],
-                    [e.task for e in mb],
-                    **self._distill_arguments(mb),
-                )
-                # DDP averages gradients over processes: scale so the result is the
-                # global-token mean.
-                loss = loss_sum * acc.num_processes / targets
-            acc.backward(loss)
-            loss_total += loss_sum.detach()
-            parts = acc.unwrap_model(model).last_loss_terms
-            terms += torch.tensor([parts[k] for k in ("ce", "kl", "hidden")], device=acc.device)
+        low_precision = self.low_precision.active() if self.low_precision else nullcontext()
+        with low_precision:
+            loss_total, terms = self._accumulate(micro, targets, ratios)
         grad_norm = acc.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], self.loop.grad_clip
         )
@@ -271,6 +280,35 @@ class Trainer:
             "tokens": tokens,
             **({"ratios": ratios} if ratios else {}),
         }
+
+    def _accumulate(
+        self, micro: list[list[TrainExample]], targets: int, ratios: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward over this process's micro-batches (gradients accumulate);
+        returns the loss sum and the (CE, KL, hidden) sums for the log."""
+        acc, model = self.accelerator, self.model
+        compressor = acc.unwrap_model(model)
+        loss_total = torch.zeros((), device=acc.device)
+        terms = torch.zeros(3, device=acc.device)
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1
+            at_ratio = compressor.at_ratio(ratios[i]) if ratios else nullcontext()
+            with nullcontext() if sync else acc.no_sync(model), acc.autocast(), at_ratio:
+                loss_sum, _ = model(
+                    [e.context_ids for e in mb],
+                    [e.prompt_ids for e in mb],
+                    [e.target_ids for e in mb],
+                    [e.task for e in mb],
+                    **self._distill_arguments(mb),
+                )
+                # DDP averages gradients over processes: scale so the result is the
+                # global-token mean.
+                loss = loss_sum * acc.num_processes / targets
+            acc.backward(loss)
+            loss_total += loss_sum.detach()
+            parts = compressor.last_loss_terms
+            terms += torch.tensor([parts[k] for k in ("ce", "kl", "hidden")], device=acc.device)
+        return loss_total, terms
 
     def _ratios(self, micro_batches: int) -> list[int]:
         """The ratio of each of this step's micro-batches (``train.ratios``; none without),
