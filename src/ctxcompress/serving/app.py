@@ -95,7 +95,12 @@ def create_app(
     install_error_handlers(app)
 
     # ------------------------------------------------------------------ middleware
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=limits.max_body_bytes,
+        max_drain_bytes=limits.max_drain_bytes,
+        drain_seconds=limits.drain_seconds,
+    )
     if token:
         app.add_middleware(AuthMiddleware, token=token)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: sees all

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import InvalidInputError
+
 
 @dataclass
 class ServeLimits:
@@ -14,6 +16,13 @@ class ServeLimits:
 
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest request body (413)."""
+    max_drain_bytes: int = 64 * 1024 * 1024
+    """An oversize body up to this size is read and discarded before its 413 goes out, so
+    that clients which send the whole body before reading (Python's standard library,
+    httpx) read the 413 instead of a broken pipe, and the connection stays usable; a larger
+    one gets the 413 at once and the connection is closed."""
+    drain_seconds: float = 10.0
+    """At most this long is spent reading an oversize body (a slow or endless upload)."""
     max_documents: int = 16
     """Documents per ``POST /v1/contexts`` (422)."""
     max_context_tokens: int | None = None
@@ -26,6 +35,15 @@ class ServeLimits:
     """Largest ``max_new_tokens`` / ``max_tokens`` a request may ask for (422)."""
     max_stop: int = 8
     """Stop strings per request (422)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_drain_bytes, int) or self.max_drain_bytes < 0:
+            raise InvalidInputError(
+                f"max_drain_bytes must be an integer >= 0 (0: never read an oversize body), "
+                f"got {self.max_drain_bytes!r}"
+            )
+        if not self.drain_seconds > 0:
+            raise InvalidInputError(f"drain_seconds must be > 0, got {self.drain_seconds!r}")
 
 
 # --------------------------------------------------------------------------- request bodies
