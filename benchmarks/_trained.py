@@ -22,6 +22,10 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
   ``test: curve`` compares the two dev learning curves at every common step instead);
 * optionally per setting ``system_overrides: {system: {field: value}}``: fields of a system
   that differ in this setting (e.g. ``distill: null`` to train without a teacher);
+* optionally per system ``stage1_from: <system>``: start stage 2 from that system's stage-1
+  compressor (trained once, shared) instead of a stage 1 of its own — screens of one
+  method's options compare stage-2 recipes after the same stage 1 (a decoder adapter the
+  stage-1 system lacks starts at zero);
 * optionally ``kept_teachers``: a folder (relative to the checkout that holds ``--out``)
   where every finished teacher's stage-2 compressor is copied in bfloat16, as
   ``<setting>/<system>/``, to be committed: checkpoints are not in git, a teacher takes hours
@@ -48,6 +52,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import ctxcompress as cc
@@ -81,6 +86,14 @@ def load_spec(path: Path) -> dict[str, Any]:
     known = {*spec["systems"], *spec.get("zero_shot", [])}
     if unknown := [s for s in spec["run_order"] if s not in known]:
         raise ValueError(f"{path}: run_order names unknown systems {unknown}")
+    for name, system in spec["systems"].items():
+        source = system.get("stage1_from")
+        if source is not None and (source not in spec["systems"] or source == name):
+            raise ValueError(
+                f"{path}: systems.{name}.stage1_from names {source!r}, not another system"
+            )
+        if source is not None and spec["systems"][source]["method"] != system["method"]:
+            raise ValueError(f"{path}: systems.{name}.stage1_from={source!r} trains another method")
     for name, setting in spec["settings"].items():
         overridden = setting.get("system_overrides", {})
         if unknown := [s for s in overridden if s not in spec["systems"]]:
@@ -212,7 +225,8 @@ class Benchmark:
             "output_dir": str(out / "train" / system / f"stage{stage}"),
         }
         if stage == 2 and steps["stage1"] > 0:
-            config["init_from"] = str(out / "train" / system / "stage1" / "compressor")
+            stage1 = info.get("stage1_from", system)
+            config["init_from"] = str(out / "train" / stage1 / "stage1" / "compressor")
         if stage == 2 and info.get("distill"):
             teacher = self.teacher_folder(setting, info["distill"], out)
             config["distill"] = {"weight": 1.0, "temperature": 1.0, "teacher": str(teacher)}
@@ -258,7 +272,10 @@ class Benchmark:
         clock = {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
         steps = self.steps(setting, args)
         if steps["stage1"] > 0:
-            config = self.stage_config(system, setting, 1, args, out)
+            # A system may start from another's stage 1 (``stage1_from``): the screens of
+            # one method's options share one stage 1, trained once.
+            stage1 = self.system_spec(system, setting).get("stage1_from", system)
+            config = self.stage_config(stage1, setting, 1, args, out)
             if not (Path(config.output_dir) / "compressor").is_dir():
                 Trainer(config).run()
             clock = stage1_clock(config)
@@ -658,10 +675,13 @@ def out_relative(path: Path) -> Path:
 def to_bfloat16(folder: Path) -> None:
     """Rewrite every floating tensor of the folder's safetensors files in bfloat16."""
     for path in folder.rglob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()  # the weights' recorded identity stays with them
         tensors = load_file(str(path))
         save_file(
             {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
             str(path),
+            metadata=metadata,
         )
 
 

@@ -8,15 +8,18 @@ model source and fingerprint), ``embeddings.safetensors`` (learned vectors), ``a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CorruptFileError, ModelLoadError
@@ -27,6 +30,12 @@ if TYPE_CHECKING:
     from .base import Compressor
 
 CONFIG_FILE = "ctxcompress.json"
+IDENTITY_METHOD = "ctxcompress_method"
+IDENTITY_BASE = "ctxcompress_base_model"
+IDENTITY_COMPRESSOR = "ctxcompress_compressor"
+"""Metadata keys of every saved weights file: the method and base-model fingerprint its
+tensors were trained with, and the fingerprint of the compressor they were saved as (files
+saved before they existed carry none and are trusted)."""
 EMBEDDINGS_FILE = "embeddings.safetensors"
 ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
@@ -62,9 +71,12 @@ class PersistenceMixin:
             tensors = {
                 n: p.detach().cpu().contiguous() for n, p in self.learned_embeddings().items()
             }
-            save_file(tensors, str(tmp / EMBEDDINGS_FILE))
+            identity = {**self._weights_identity(), IDENTITY_COMPRESSOR: header["fingerprint"]}
+            save_file(tensors, str(tmp / EMBEDDINGS_FILE), metadata=identity)
             if isinstance(self.model, PeftModel):
                 self.model.save_pretrained(str(tmp / ADAPTER_DIR))
+                for path in (tmp / ADAPTER_DIR).rglob("*.safetensors"):
+                    stamp_identity(path, identity)
             (tmp / "README.md").write_text(self._model_card())
             old = directory.with_name(f".{directory.name}.old")
             if directory.exists():
@@ -119,41 +131,107 @@ class PersistenceMixin:
         comp.load_weights(directory)
         return comp
 
-    def load_weights(self, directory: str | os.PathLike) -> None:
-        """Copy the trained tensors (learned embeddings, LoRA adapter) of a saved compressor
+    def _weights_identity(self, directory: Path | None = None) -> dict[str, str]:
+        """What every saved weights file records of where its tensors belong — the method and
+        the base model they were trained on, and the fingerprint of the compressor saved with
+        them (the folder's header, read from ``directory``) — checked on load
+        (:func:`check_identity`)."""
+        identity = {IDENTITY_METHOD: self.method, IDENTITY_BASE: self.base_fingerprint}
+        header = directory / CONFIG_FILE if directory is not None else None
+        if header is not None and header.is_file():
+            with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
+                fingerprint = json.loads(header.read_text(encoding="utf-8")).get("fingerprint")
+                if isinstance(fingerprint, str):
+                    identity[IDENTITY_COMPRESSOR] = fingerprint
+        return identity
+
+    def load_weights(
+        self, directory: str | os.PathLike, *, adapters: Sequence[str] | None = None
+    ) -> None:
+        """Copy the trained tensors (learned embeddings, LoRA adapters) of a saved compressor
         folder into this compressor, which must have the same options; the caller checks the
-        method and base model (as :meth:`from_pretrained` does)."""
+        method and base model (as :meth:`from_pretrained` does). ``adapters``: which of its
+        adapters to load (default all; a stage-2 run that adds a decoder adapter to a stage-1
+        compressor loads the encoder's alone, and its decoder adapter starts at zero)."""
         directory = Path(directory)
-        try:
-            tensors = load_file(str(directory / EMBEDDINGS_FILE), device=str(self.device))
-        except Exception as exc:
-            raise CorruptFileError(f"{directory / EMBEDDINGS_FILE} is unreadable: {exc}") from exc
+        path = directory / EMBEDDINGS_FILE
+        tensors = read_weights(path, self._weights_identity(directory), str(self.device))
         own = self.learned_embeddings()
         if set(tensors) != set(own):
             raise CorruptFileError(
-                f"{directory / EMBEDDINGS_FILE} holds {sorted(tensors)}, expected {sorted(own)}"
+                f"{path} holds the learned vectors {sorted(tensors)}, but this "
+                f"{self.method} compressor (its ctxcompress.json options) has {sorted(own)}: "
+                "the file belongs to a compressor with other options"
             )
         with torch.no_grad():
             for name, value in tensors.items():
                 if value.shape != own[name].shape:
                     raise CorruptFileError(
-                        f"{name}: saved shape {tuple(value.shape)} != {tuple(own[name].shape)}"
+                        f"{path}: {name} has shape {tuple(value.shape)}, but this compressor's "
+                        f"options make it {tuple(own[name].shape)}"
+                    )
+                if not value.is_floating_point():
+                    raise CorruptFileError(
+                        f"{path}: {name} is {value.dtype}, not a floating-point tensor: "
+                        "not a saved learned vector"
                     )
                 own[name].copy_(value)
         if isinstance(self.model, PeftModel):
-            adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
-            try:
-                weights = load_file(str(adapter), device=str(self.device))
-            except Exception as exc:
-                raise CorruptFileError(f"{adapter} is unreadable: {exc}") from exc
-            result = set_peft_model_state_dict(self.model, weights)
-            if result.unexpected_keys:
-                raise CorruptFileError(
-                    f"{adapter} has unexpected weights: {result.unexpected_keys[:3]}..."
-                )
-            missing = [k for k in result.missing_keys if "lora_" in k]
-            if missing:
-                raise CorruptFileError(f"{adapter} lacks weights: {missing[:3]}...")
+            names = list(self.model.peft_config) if adapters is None else list(adapters)
+            for name in names:  # the encoder's, and the decoder's if any
+                self._load_adapter(directory, name)
+
+    def _load_adapter(self, directory: Path, name: str) -> None:
+        """One adapter's weights from ``adapter/`` (the encoder's, peft's ``default``) or
+        ``adapter/<name>/`` (peft's layout for a model's further adapters), after checking
+        that its peft config and recorded identity are this compressor's."""
+        folder = directory / ADAPTER_DIR
+        folder = folder if name == "default" else folder / name
+        adapter = folder / "adapter_model.safetensors"
+        self._check_adapter_config(folder / "adapter_config.json", name)
+        weights = read_weights(adapter, self._weights_identity(directory), str(self.device))
+        try:
+            result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
+        except RuntimeError as exc:  # torch's size mismatch, deep inside load_state_dict
+            raise CorruptFileError(
+                f"{adapter} holds LoRA weights of other shapes than this compressor's "
+                f"(another rank or base model?): {str(exc).splitlines()[-1].strip()}"
+            ) from exc
+        if result.unexpected_keys:
+            raise CorruptFileError(
+                f"{adapter} has weights this compressor does not: {result.unexpected_keys[:3]}"
+                " (an adapter on other layers or of another model)"
+            )
+        missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
+        if missing:
+            raise CorruptFileError(f"{adapter} lacks weights: {missing[:3]}...")
+
+    def _check_adapter_config(self, path: Path, name: str) -> None:
+        """The saved adapter's rank, alpha and targets must be those this compressor built."""
+        if not path.is_file():
+            raise CorruptFileError(
+                f"{path} is missing: the compressor's options ask for a LoRA adapter "
+                f"({name!r}), and its folder has none. Copy the whole saved folder."
+            )
+        want = self.model.peft_config[name]
+        expected = {"r": want.r, "lora_alpha": want.lora_alpha}
+        expected["target_modules"] = set(want.target_modules or ())
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            found = {"r": saved["r"], "lora_alpha": saved["lora_alpha"]}
+            found["target_modules"] = set(saved["target_modules"] or ())
+        except (ValueError, UnicodeDecodeError, LookupError, TypeError) as exc:
+            raise CorruptFileError(f"{path} is not a peft LoRA config: {exc!r}") from exc
+        if found != expected:
+            diff = ", ".join(
+                f"{k} {found[k]!r} (expected {expected[k]!r})"
+                for k in found
+                if found[k] != expected[k]
+            )
+            raise CorruptFileError(
+                f"{path} describes another adapter than ctxcompress.json's options build: "
+                f"{diff}. The adapter was copied from another compressor."
+            )
 
     def _model_card(self) -> str:
         return (
@@ -165,6 +243,50 @@ class PersistenceMixin:
             'comp = cc.load_compressor("path/to/this/folder")\n'
             'ctx = comp.compress("a long document ...")\n'
             'comp.generate(ctx, ["a question?"], max_new_tokens=32)\n```\n'
+        )
+
+
+def stamp_identity(path: Path, identity: dict[str, str]) -> None:
+    """Add ``identity`` to a safetensors file's metadata (rewritten atomically)."""
+    with safe_open(str(path), "pt") as f:
+        metadata = {**(f.metadata() or {}), **identity}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_weights(path: Path, identity: dict[str, str], device: str) -> dict[str, torch.Tensor]:
+    """A saved weights file's tensors, refused with a clear error when missing, unreadable,
+    or recorded as trained for another method or base model than ``identity``'s."""
+    if not path.is_file():
+        raise CorruptFileError(f"{path} is missing: copy the whole saved compressor folder")
+    try:
+        with safe_open(str(path), "pt") as f:
+            recorded = f.metadata() or {}
+        tensors = load_file(str(path), device=device)
+    except Exception as exc:
+        raise CorruptFileError(f"{path} is unreadable: {exc}") from exc
+    check_identity(path, recorded, identity)
+    return tensors
+
+
+def check_identity(path: Path, recorded: dict[str, str], identity: dict[str, str]) -> None:
+    """Refuse weights recorded as trained for another method or on another base model: same
+    shapes would load, and answer with garbage."""
+    for key, what in ((IDENTITY_BASE, "base model"), (IDENTITY_METHOD, "method")):
+        if key in recorded and recorded[key] != identity[key]:
+            raise ModelLoadError(
+                f"{path} holds weights trained for {what} {recorded[key]!r}, but this "
+                f"compressor's {what} is {identity[key]!r}: the file was copied from another "
+                "compressor. Use the folder it was saved in as a whole."
+            )
+    saved_as, header = recorded.get(IDENTITY_COMPRESSOR), identity.get(IDENTITY_COMPRESSOR)
+    if saved_as is not None and header is not None and saved_as != header:
+        raise ModelLoadError(
+            f"{path} was saved with compressor {saved_as}, but its folder's {CONFIG_FILE} "
+            f"is compressor {header}: the folder mixes files of two saved compressors. Use "
+            "the folder each was saved in as a whole."
         )
 
 
