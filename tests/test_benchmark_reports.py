@@ -11,6 +11,7 @@ from pathlib import Path
 from benchmarks import _common as common
 from benchmarks.fair import run as fair
 from benchmarks.headline import run as headline
+from benchmarks.levers import run as levers
 from benchmarks.peers import kvpress_run
 from benchmarks.quality import run as quality
 from benchmarks.recipe import run as recipe
@@ -457,6 +458,44 @@ def test_headline_spec_builds_every_system_of_every_setting(monkeypatch, tmp_pat
     # sac_4x overrides the recipe's teacher (its weights were lost); 16x keeps it.
     assert bench.system_spec("sac", "sac_4x")["distill"] is None
     assert bench.system_spec("sac", "multi_16x")["distill"] == "trained_full"
+
+
+def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tmp_path):
+    """configs/benchmarks/levers.yaml (issue 38): every system parses into valid stage-1 and
+    stage-2 configs at ratio 4 with bf16 steps; the SAC rows start from sac's stage 1 (one
+    shared stage 1) and carry exactly their levers; truncation gets the decoder adapter too."""
+    from types import SimpleNamespace
+
+    bench = levers.BENCHMARK
+    args = SimpleNamespace(systems=list(bench.run_order), stage1_steps=None, stage2_steps=None)
+    assert bench.steps("screen_4x", args) == {"stage1": 100, "stage2": 400, "curve_every": 100}
+    configs = {}
+    for system in bench.systems_of("screen_4x", args):
+        if system not in bench.systems:
+            continue
+        one, two = (bench.stage_config(system, "screen_4x", k, args, tmp_path) for k in (1, 2))
+        assert {d.objective for d in one.data} == {"continuation"}
+        assert two.method_options["ratio"] == 4 and two.train.mixed_precision == "bf16"
+        first = bench.system_spec(system, "screen_4x").get("stage1_from", system)
+        assert two.init_from == str(tmp_path / "train" / first / "stage1" / "compressor")
+        configs[system] = two
+    assert {s for s, c in configs.items() if c.method == "sac" and "sac/stage1" in c.init_from} == {
+        s for s in configs if s.startswith("sac")
+    }
+
+    def levers_of(config):
+        options, loop = config.method_options, config.train
+        return {
+            "selection": options.get("anchor_selection", "uniform"),
+            "decoder": options.get("decoder_lora_rank", 0),
+            "ramp": loop.ratio_ramp_steps,
+        }
+
+    assert levers_of(configs["sac"]) == {"selection": "uniform", "decoder": 0, "ramp": 0}
+    assert levers_of(configs["sac_ramp"]) == {"selection": "uniform", "decoder": 0, "ramp": 100}
+    assert levers_of(configs["sac_best"]) == {"selection": "surprisal", "decoder": 32, "ramp": 100}
+    assert levers_of(configs["sac_importance_decoder"])["selection"] == "importance"
+    assert configs["trained_truncation_decoder"].method_options["decoder_lora_rank"] == 32
 
 
 def test_a_finished_teacher_is_kept_in_bfloat16_and_distilled_from_on_a_fresh_machine(

@@ -228,7 +228,7 @@ class Compressor(
         context's sink tokens (a causal prefill of its first s tokens, adapter off), at their
         positions from ``position_start``. No gradients: nothing trainable reaches them."""
         rows = [list(ids[:n]) for ids, n in zip(contexts, self.sink_lengths(contexts), strict=True)]
-        with torch.no_grad(), self.decoder_mode():
+        with torch.no_grad(), self.frozen_mode():
             return prefill_kv(
                 self.lm, rows, self.config.position_start, self.config.encoder_batch_size
             )

@@ -49,13 +49,23 @@ class BudgetMixin:
         module docstring)."""
         return self.config.ratio
 
+    @property
+    def lowest_training_ratio(self) -> int:
+        """The lowest ratio this compressor can be *trained* at, e.g. early in a ratio ramp
+        (``train.ratio_ramp_steps``): :attr:`min_ratio`, unless a method has no per-slot
+        vectors (SAC with a shared anchor embedding or none) and so compresses at any."""
+        return self.min_ratio
+
     @contextlib.contextmanager
-    def at_ratio(self, ratio: int) -> Iterator[None]:
+    def at_ratio(self, ratio: int, *, training: bool = False) -> Iterator[None]:
         """Compress at ``ratio`` instead of ``config.ratio`` inside the block (in this thread
-        only)."""
-        if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < self.min_ratio:
+        only). ``training``: the trainer's ratio ramp, which may go down to
+        :attr:`lowest_training_ratio`."""
+        floor = self.lowest_training_ratio if training else self.min_ratio
+        if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < floor:
             raise InvalidInputError(
-                f"{self.method} compresses at ratios >= {self.min_ratio} (its trained ratio), "
+                f"{self.method} compresses at ratios >= {floor} "
+                f"({'the lowest it can train at' if training else 'its trained ratio'}), "
                 f"got {ratio!r}"
             )
         others = tuple(item for item in _OVERRIDES.get() if item[0] != id(self))

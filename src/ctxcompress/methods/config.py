@@ -35,6 +35,14 @@ class CompressorConfig:
     lora_alpha: int = 256
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    decoder_lora_rank: int = 0
+    """LoRA rank of a second adapter, active only while the decoder reads a compressed
+    context (answering, training's decoder pass; never the encoder, the attention sink's
+    prefill or a distillation teacher). 0: off, the decoder is the frozen base model (the
+    papers). PISCO (arXiv 2501.16075) trains both sides; issue 38, lever 3. Needs the encoder
+    adapter (``lora_rank > 0``); same target modules."""
+    decoder_lora_alpha: int | None = None
+    """LoRA alpha of the decoder adapter; None: twice its rank (the encoder's default)."""
     init_std: float = 0.02
     """Standard deviation of the learned embeddings' normal init."""
     embedding_init: Literal["normal", "table"] = "normal"
@@ -70,6 +78,16 @@ class CompressorConfig:
         need(self.ratio >= 1, f"ratio must be >= 1 (r=4 means 4x compression), got {self.ratio}")
         need(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
         need(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
+        need(
+            isinstance(self.decoder_lora_rank, int) and self.decoder_lora_rank >= 0,
+            f"decoder_lora_rank must be an integer >= 0, got {self.decoder_lora_rank!r}",
+        )
+        need(
+            not self.decoder_lora_rank or self.lora_rank > 0,
+            f"decoder_lora_rank={self.decoder_lora_rank} needs the encoder adapter too: the "
+            "decoder adapter is the second adapter of the compressor's LoRA model. Set "
+            "lora_rank > 0 (e.g. the same rank), or decoder_lora_rank: 0",
+        )
         need(self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1")
         need(
             isinstance(self.sink_tokens, int) and self.sink_tokens >= 0,
@@ -120,6 +138,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "embedding_init": "normal",
     "sink_tokens": 0,
     "encoder_attention_warmup_steps": 0,
+    "decoder_lora_rank": 0,
+    "decoder_lora_alpha": None,
 }
 """Options added after compressors were first saved, with the values that reproduce how a
 compressor saved without them behaved (see :meth:`CompressorConfig.from_dict`). At those

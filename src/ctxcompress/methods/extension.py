@@ -52,8 +52,9 @@ def extend_ids(
         raise InvalidInputError("nothing to add: the new text has no tokens")
     if comp.config.anchor_selection != "uniform":
         raise InvalidInputError(
-            "extend needs anchor_selection='uniform' (random anchors are drawn per chunk place "
-            "and a grown context would not be reproducible)"
+            "extend needs anchor_selection='uniform' (random anchors are drawn per chunk place, "
+            "and scored anchors depend on the text around them: a grown context would not be "
+            "the context of the whole text)"
         )
     if "composed_of" in ctx.meta:
         raise InvalidInputError("a composed context cannot be extended; extend its last part")

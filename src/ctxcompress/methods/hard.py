@@ -34,9 +34,12 @@ class HardConfig(CompressorConfig):
     """Whether ``lora_rank > 0`` is allowed (the prompt-tuned bounds' trained truncation)."""
 
     def validate(self) -> None:
+        if (self.lora_rank or self.decoder_lora_rank) and not self.adapter_allowed:
+            raise InvalidInputError(
+                "hard baselines have no adapter: lora_rank and decoder_lora_rank must be 0 "
+                "(a trained baseline with adapters is method prompt_tuned)"
+            )
         super().validate()
-        if self.lora_rank != 0 and not self.adapter_allowed:
-            raise InvalidInputError("hard baselines have no adapter: lora_rank must be 0")
         if self.sink_tokens:
             raise InvalidInputError(
                 "sink_tokens is for the learned compressors: the hard baselines and the "

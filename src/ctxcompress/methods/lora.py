@@ -1,9 +1,12 @@
-"""The encoder's LoRA adapter: injecting it, switching it off for the frozen decoder, and the
-merged-weights inference option.
+"""The LoRA adapters: injecting them, switching between encoder, decoder and the frozen base,
+and the merged-weights inference option.
 
 Encoder and decoder share one set of base weights: the encoder is the base LM with the
-compressor's adapter active, the decoder is the same LM with every adapter switched off
-(peft injects the LoRA layers in place).
+compressor's adapter (peft's ``default``) active, the decoder is the same LM with every
+adapter switched off — or, with ``decoder_lora_rank > 0``, with only the second adapter
+(``decoder``) active (issue 38, lever 3). The frozen base itself (every adapter off) is what
+the attention sink's prefill and a full-context distillation teacher run (peft injects the
+LoRA layers in place).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from ..errors import ModelLoadError
 from .config import CompressorConfig
 
 DEFAULT_TARGETS = CompressorConfig.lora_target_modules
+ENCODER_ADAPTER = "default"
+"""peft's name of the first adapter: the encoder's (saved in ``adapter/``)."""
+DECODER_ADAPTER = "decoder"
+"""The decoder adapter's name (saved in ``adapter/decoder/``)."""
 FUSED_QKV = "qkv_proj"
 """Phi-3's fused query/key/value projection: the papers' q/v LoRA can only adapt it whole."""
 
@@ -53,19 +60,34 @@ def inject_lora(lm: nn.Module, config: CompressorConfig) -> nn.Module:
             "(adapters are injected in place, and the decoder must stay the frozen base). "
             "Give each compressor its own model: load it again with load_base_model(...)."
         )
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=lora_targets(lm, config),
-        bias="none",
-    )
+    targets = lora_targets(lm, config)
+
+    def lora(rank: int, alpha: int) -> LoraConfig:
+        return LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=targets,
+            bias="none",
+        )
+
     # peft draws LoRA A from torch's global generator: seed it from the config (in a forked
     # RNG, leaving the caller's state alone) so that a rebuild is identical.
     devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return get_peft_model(lm, lora)
+        model = get_peft_model(lm, lora(config.lora_rank, config.lora_alpha))
+        if config.decoder_lora_rank:
+            rank = config.decoder_lora_rank
+            alpha = config.decoder_lora_alpha or 2 * rank
+            # LoRA B starts at zero: until trained, the decoder is exactly the frozen base.
+            model.add_adapter(DECODER_ADAPTER, lora(rank, alpha))
+            model.set_adapter(ENCODER_ADAPTER)  # the encoder's is active outside decoding
+            # peft freezes an inactive adapter; both are trained (see only_adapter).
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.requires_grad_(True)
+    return model
 
 
 class EncoderAdapterMixin:
@@ -78,9 +100,26 @@ class EncoderAdapterMixin:
     _merge_encoder: bool = False
     _merged_cache: tuple[tuple[int, ...], list[nn.Parameter]] | None = None
 
+    @property
+    def has_decoder_adapter(self) -> bool:
+        """Whether the decoder reads with an adapter of its own (``decoder_lora_rank > 0``)."""
+        return isinstance(self.model, PeftModel) and DECODER_ADAPTER in self.model.peft_config
+
     @contextlib.contextmanager
     def decoder_mode(self) -> Iterator[None]:
-        """Run the frozen decoder: the same base weights with every adapter switched off."""
+        """Run the decoder: the same base weights with the decoder adapter on, or, without
+        one, every adapter switched off (the frozen decoder of the papers)."""
+        if not self.has_decoder_adapter:
+            with adapters_disabled(self.lm):
+                yield
+            return
+        with only_adapter(self.lm, DECODER_ADAPTER):
+            yield
+
+    @contextlib.contextmanager
+    def frozen_mode(self) -> Iterator[None]:
+        """Run the frozen base model, every adapter off (the attention sink's own KV, the
+        full-context distillation teacher)."""
         with adapters_disabled(self.lm):
             yield
 
@@ -146,6 +185,29 @@ class EncoderAdapterMixin:
                     layer.get_base_layer()._parameters["weight"] = weight
 
 
+@contextlib.contextmanager
+def only_adapter(model: nn.Module, name: str) -> Iterator[None]:
+    """Make ``name`` the one active adapter of every (peft) layer of ``model``; restore each
+    layer's active adapters, on/off state and weights' ``requires_grad`` on exit
+    (:func:`lora_flags`)."""
+    layers = adapter_layers(model)
+    previous = [(list(layer.active_adapters), layer.disable_adapters) for layer in layers]
+    flags = lora_flags(layers)
+    for layer in layers:
+        layer.enable_adapters(True)
+        layer.set_adapter(name)
+    for param, flag in flags:  # the active adapter's weights require gradients while active
+        param.requires_grad_(flag or param.requires_grad)
+    try:
+        yield
+    finally:
+        for layer, (active, was_disabled) in zip(layers, previous, strict=True):
+            layer.set_adapter(active)
+            layer.enable_adapters(not was_disabled)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
 def adapter_layers(model: nn.Module) -> list[BaseTunerLayer]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
@@ -155,6 +217,7 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
     """Switch off every (peft) adapter injected into ``model``; restore the state on exit."""
     layers = adapter_layers(model)
     previous = [layer.disable_adapters for layer in layers]
+    flags = lora_flags(layers)
     for layer in layers:
         layer.enable_adapters(False)
     try:
@@ -162,3 +225,18 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
     finally:
         for layer, was_disabled in zip(layers, previous, strict=True):
             layer.enable_adapters(not was_disabled)
+        for param, flag in flags:  # peft's re-enabling froze every inactive adapter
+            param.requires_grad_(flag)
+
+
+def lora_flags(layers: list[BaseTunerLayer]) -> list[tuple[nn.Parameter, bool]]:
+    """Every LoRA weight of ``layers`` with its ``requires_grad`` now. peft's switches set
+    these flags (on for the active adapter, off for the others), and autograd drops the
+    gradient of a leaf whose flag is off when backward runs — after the switch is undone —
+    so the switches here put them back as they were: a decoder adapter trains too."""
+    return [
+        (p, p.requires_grad)
+        for layer in layers
+        for n, p in layer.named_parameters()
+        if "lora_" in n
+    ]

@@ -10,7 +10,9 @@ No autoencoding, no appended memory tokens. See METHODS.md §1.
 
 Every choice the paper ablates is a switch: ``encoder_attention`` ("bidirectional" | "causal"),
 ``anchor_embedding`` ("per_slot" as in the released code | "shared" as in the paper | "none"),
-``anchor_selection`` ("uniform" | "random").
+``anchor_selection`` ("uniform" | "random"), and beyond the paper (issue 38, lever 1) anchors
+chosen by the frozen model's own scores ("surprisal" | "importance", :mod:`.anchor_scores`):
+the same count per chunk (the budget), each at its original position.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ from ..context import CompressedContext
 from ..errors import InvalidInputError
 from ..masks import padded_chunk_mask
 from ..models import BaseModel, cache_kwargs
-from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets
+from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets, sink_count
 from ..windows import attention_mask, new_cache
+from .anchor_scores import (
+    RECONSTRUCTION_PROMPT,
+    reconstruction_importance,
+    surprisal,
+    top_scoring_offsets,
+)
 from .base import Compressor
 from .config import CompressorConfig
 from .encoding import encode_in_length_batches, gather_cache_entries, right_padded
@@ -39,8 +47,12 @@ class SACConfig(CompressorConfig):
 
     anchor_embedding: Literal["per_slot", "shared", "none"] = "per_slot"
     """One learned vector per anchor slot of a chunk (code), one shared vector (paper), or none."""
-    anchor_selection: Literal["uniform", "random"] = "uniform"
-    """Segment centres (default) or the same number of random tokens per chunk (ablation)."""
+    anchor_selection: Literal["uniform", "random", "surprisal", "importance"] = "uniform"
+    """Where a chunk's anchors sit (always as many as the segment centres, at their own
+    positions): the segment centres (default, the paper), random tokens (ablation), the tokens
+    the frozen model finds most surprising, or those KVzip's context reconstruction attends
+    to most (:mod:`.anchor_scores`; one extra frozen pass over the text, twice it for
+    "importance")."""
     encoder_attention: Literal["bidirectional", "causal"] = "bidirectional"
     """Attention inside an encoder chunk; "causal" is the paper's ablation."""
     encoder_attention_warmup_steps: int = 0
@@ -93,6 +105,12 @@ class SACCompressor(Compressor):
         return self.config.encoder_attention
 
     @property
+    def lowest_training_ratio(self) -> int:
+        """Per-slot anchor embeddings exist for the trained ratio's anchors only; a shared
+        one (or none) fits any count, down to ratio 1 (every token an anchor)."""
+        return self.config.ratio if self.config.anchor_embedding == "per_slot" else 1
+
+    @property
     def anchors_per_chunk(self) -> int:
         """Anchors in a full chunk: the number of per-slot anchor embeddings."""
         return len(sac_anchor_offsets(self.config.chunk_size, self.config.ratio))
@@ -102,25 +120,52 @@ class SACCompressor(Compressor):
         spans = chunk_spans(length, self.config.chunk_size)  # sink tokens count inside
         return sum(len(sac_anchor_offsets(e - s, self.ratio)) for s, e in spans)
 
-    def anchor_offsets(self, chunk_start: int, chunk_len: int) -> list[int]:
+    def anchor_offsets(
+        self, chunk_start: int, chunk_len: int, scores: torch.Tensor | None = None
+    ) -> list[int]:
         """Anchor offsets inside the chunk starting at token index ``chunk_start`` (the first
-        chunk's sink tokens, if any, take the place of its first anchors)."""
+        chunk's sink tokens, if any, take the place of its first anchors). The scored
+        selections take the chunk's token ``scores`` (:meth:`token_scores`)."""
         sink = self.config.sink_tokens if chunk_start == 0 else 0
-        if self.config.anchor_selection == "uniform":
+        selection = self.config.anchor_selection
+        if selection == "uniform":
             return sac_anchor_offsets(chunk_len, self.ratio, sink)
-        # Random anchors are seeded by the chunk's place, so a document gets the same anchors
-        # whatever it is batched with.
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk_start)
-        return random_anchor_offsets(chunk_len, self.ratio, generator, sink)
+        if selection == "random":
+            # Random anchors are seeded by the chunk's place, so a document gets the same
+            # anchors whatever it is batched with.
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk_start)
+            return random_anchor_offsets(chunk_len, self.ratio, generator, sink)
+        if scores is None or len(scores) != chunk_len:
+            raise ValueError(f"anchor_selection={selection!r} needs the chunk's token scores")
+        count = len(sac_anchor_offsets(chunk_len, self.ratio, sink))
+        first = sink_count(chunk_len, self.ratio, sink) if sink else 0
+        return top_scoring_offsets(scores, count, first)
+
+    def token_scores(self, contexts: Sequence[Sequence[int]]) -> list[torch.Tensor] | None:
+        """Each context token's score under the frozen model for the scored anchor
+        selections (None for "uniform" and "random"): its surprisal, or its reconstruction
+        importance scored chunk by chunk (:mod:`.anchor_scores`)."""
+        selection, start = self.config.anchor_selection, self.config.position_start
+        if selection not in ("surprisal", "importance"):
+            return None
+        with torch.no_grad(), self.frozen_mode():
+            if selection == "surprisal":
+                return surprisal(self.lm, contexts, start)
+            prompt = self._encode(RECONSTRUCTION_PROMPT)
+            return reconstruction_importance(
+                self.lm, contexts, prompt, start, self.config.chunk_size
+            )
 
     def _plan(self, contexts: Sequence[Sequence[int]], starts: Sequence[int]) -> list[_Chunk]:
         """The chunks to encode (document ``d``'s first token is token ``starts[d]`` of its
         text); a first chunk whose whole budget went to sink tokens has no anchors and is
         not encoded."""
+        scores = self.token_scores(contexts)
         chunks = []
         for doc, (ids, first) in enumerate(zip(contexts, starts, strict=True)):
             for start, end in chunk_spans(len(ids), self.config.chunk_size):
-                offsets = self.anchor_offsets(first + start, end - start)
+                part = None if scores is None else scores[doc][start:end]
+                offsets = self.anchor_offsets(first + start, end - start, part)
                 if offsets:
                     chunks.append(_Chunk(doc, first + start, list(ids[start:end]), offsets))
         return chunks

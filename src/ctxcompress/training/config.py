@@ -73,6 +73,16 @@ class LoopConfig:
     resume draws the same), so that one compressor serves any of them (Activation Beacon's
     recipe; issue 20). The method's own ``ratio`` must be the smallest: learned vectors exist
     for that many slots per chunk, and larger ratios use the first of them."""
+    ratio_ramp_steps: int = 0
+    """Ratio ramp (issue 38, lever 2): over the first N optimizer steps the ratio rises
+    linearly from ``ratio_ramp_start`` towards the method's ``ratio``, rounded half up to a
+    whole ratio (1 -> 4 over 100 steps: 1 until step 16, 2 until 49, 3 until 83, then 4),
+    so the compressor starts from what the nearly uncompressed context learns fast (DMS,
+    Activation Beacon's low ratios); from step N on, the plain ratio. 0: off. Needs a method
+    that compresses below its ratio (SAC with ``anchor_embedding: shared`` or ``none``, the
+    prompt-tuned truncation); not with ``ratios``."""
+    ratio_ramp_start: int = 1
+    """The ratio the ramp starts at (>= 1, <= the method's ratio)."""
     embedding_lr_scale: float = 1.0
     """The learned vectors (``[LM]``, ``[AE]``, anchor/memory/prompt embeddings) train at
     ``lr * embedding_lr_scale``; the LoRA weights at ``lr``. With AdamW a parameter moves
@@ -184,6 +194,7 @@ class TrainConfig:
                     f"train.ratios {loop.ratios}: method_options.ratio ({ratio}) must be the "
                     f"smallest of them ({min(loop.ratios)}); the learned vectors are sized by it"
                 )
+        self._validate_ramp()
         distill = self.distill
         if distill.weight < 0:
             raise InvalidInputError(f"distill.weight must be >= 0, got {distill.weight}")
@@ -209,6 +220,44 @@ class TrainConfig:
             check_teacher_spec(distill.teacher)
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             raise InvalidInputError(f"resume={self.resume!r}: no such checkpoint")
+
+    def _validate_ramp(self) -> None:
+        loop = self.train
+        if not loop.ratio_ramp_steps:
+            return
+        ratio = self.method_options.get("ratio")
+        if loop.ratio_ramp_steps < 0:
+            raise InvalidInputError(
+                f"train.ratio_ramp_steps must be >= 0, got {loop.ratio_ramp_steps}"
+            )
+        if loop.ratio_ramp_start < 1:
+            raise InvalidInputError(
+                f"train.ratio_ramp_start={loop.ratio_ramp_start}: a ramp starts at ratio 1 (the "
+                "whole context) or above; ratios below 1 do not exist"
+            )
+        if ratio is not None and loop.ratio_ramp_start > ratio:
+            raise InvalidInputError(
+                f"train.ratio_ramp_start={loop.ratio_ramp_start} is beyond the target ratio "
+                f"(method_options.ratio={ratio}): the ramp rises to the method's ratio"
+            )
+        if loop.ratio_ramp_steps > loop.steps:
+            raise InvalidInputError(
+                f"train.ratio_ramp_steps={loop.ratio_ramp_steps} ends beyond train.steps="
+                f"{loop.steps}: the compressor would never train at its own ratio"
+            )
+        if loop.ratios:
+            raise InvalidInputError(
+                "train.ratio_ramp_steps and train.ratios both choose the training ratio: use one"
+            )
+
+    def ramp_ratio(self, step: int, target: int) -> int | None:
+        """The ratio at optimizer step ``step`` (0-based) while the ramp lasts, else None."""
+        loop = self.train
+        if step >= loop.ratio_ramp_steps:
+            return None
+        start = loop.ratio_ramp_start
+        # Half-up rounding (Python's round() would send 2.5 to 2).
+        return int(start + (target - start) * step / loop.ratio_ramp_steps + 0.5)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -168,7 +168,7 @@ class FrozenFullContextTeacher(Teacher):
             [[*e.context_ids, *e.prompt_ids, *e.target_ids[:-1]] for e in examples]
         )
         width, device = ids.shape[1], comp.device
-        with comp.decoder_mode():
+        with comp.frozen_mode():  # the frozen model: never the student's decoder adapter
             out = comp.backbone(
                 input_ids=ids.to(device),
                 attention_mask=valid.to(device),

@@ -33,6 +33,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from ..atomic import write_text_atomic
 from ..errors import InvalidInputError
 from ..methods import Compressor, build_compressor
+from ..methods.lora import ENCODER_ADAPTER
 from ..methods.persistence import CONFIG_FILE
 from ..models import BaseModel, load_base_model
 from . import checkpoint as ckpt
@@ -91,6 +92,19 @@ class Trainer:
                 f"train.ratios {self.loop.ratios}: the smallest must be the method's ratio "
                 f"({comp.config.ratio}); set method_options.ratio: {min(self.loop.ratios)}"
             )
+        if self.loop.ratio_ramp_steps:
+            start = self.loop.ratio_ramp_start
+            if start > comp.config.ratio or start < comp.lowest_training_ratio:
+                raise InvalidInputError(
+                    f"train.ratio_ramp_start={start}: {config.method} trains at ratios from "
+                    f"{comp.lowest_training_ratio} to its ratio {comp.config.ratio}"
+                    + (
+                        " (its per-slot anchor embeddings exist only for its own ratio's "
+                        "anchors: set method_options.anchor_embedding: shared, or none)"
+                        if getattr(comp.config, "anchor_embedding", None) == "per_slot"
+                        else " (it holds learned vectors per slot of its own ratio)"
+                    )
+                )
         if config.init_from:
             self._init_from(comp, Path(config.init_from))
         self.compressor = comp
@@ -179,7 +193,10 @@ class Trainer:
             )
         if header["base_model"]["fingerprint"] != comp.base_fingerprint:
             raise InvalidInputError(f"init_from={path} was trained on another base model")
-        comp.load_weights(folder)
+        adapters = None
+        if comp.has_decoder_adapter and not header["config"].get("decoder_lora_rank"):
+            adapters = [ENCODER_ADAPTER]  # a stage-1 without one: the decoder's starts at zero
+        comp.load_weights(folder, adapters=adapters)
 
     def _resume(self) -> None:
         cfg = self.config
@@ -255,9 +272,10 @@ class Trainer:
         low_precision = self.low_precision.active() if self.low_precision else nullcontext()
         with low_precision:
             loss_total, terms = self._accumulate(micro, targets, ratios)
-        grad_norm = acc.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], self.loop.grad_clip
-        )
+        # Every trained tensor, whatever peft's adapter switching left in requires_grad (the
+        # decoder adapter's weights require gradients only while it is active).
+        trained = list(acc.unwrap_model(model).trainable_parameters().values())
+        grad_norm = acc.clip_grad_norm_(trained, self.loop.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -292,7 +310,7 @@ class Trainer:
         terms = torch.zeros(3, device=acc.device)
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
-            at_ratio = compressor.at_ratio(ratios[i]) if ratios else nullcontext()
+            at_ratio = compressor.at_ratio(ratios[i], training=True) if ratios else nullcontext()
             with nullcontext() if sync else acc.no_sync(model), acc.autocast(), at_ratio:
                 loss_sum, _ = model(
                     [e.context_ids for e in mb],
@@ -311,8 +329,12 @@ class Trainer:
         return loss_total, terms
 
     def _ratios(self, micro_batches: int) -> list[int]:
-        """The ratio of each of this step's micro-batches (``train.ratios``; none without),
-        drawn from the seed, the step and the process, so a resumed run draws the same."""
+        """The ratio of each of this step's micro-batches: the ramp's while it lasts, else
+        drawn from ``train.ratios`` (none without) by the seed, the step and the process, so
+        a resumed run draws the same."""
+        ramp = self.config.ramp_ratio(self.step, self.compressor.config.ratio)
+        if ramp is not None:
+            return [ramp] * micro_batches
         if not self.loop.ratios:
             return []
         seed = (self.loop.seed * 1_000_003 + self.step) * 4099 + self.accelerator.process_index
