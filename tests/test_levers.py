@@ -10,6 +10,8 @@ import torch
 import ctxcompress as cc
 from ctxcompress.errors import InvalidInputError
 from ctxcompress.methods.anchor_scores import (
+    frozen_hidden,
+    imitation_loss,
     reconstruction_importance,
     surprisal,
     top_scoring_offsets,
@@ -18,7 +20,7 @@ from ctxcompress.methods.lora import DECODER_ADAPTER, adapter_layers
 from ctxcompress.positions import chunk_spans, sac_anchor_offsets
 from ctxcompress.testing import tiny_model
 from ctxcompress.training import Trainer
-from tests.conftest import make_sac
+from tests.conftest import make_sac, randomize_trainables
 from tests.test_training import config
 
 TEXT = "The secret code of box 7 is walnut. It was stored in the attic, beside the lamp. " * 3
@@ -169,7 +171,7 @@ def test_top_scoring_offsets_are_increasing_the_budget_and_break_ties_by_positio
     assert top_scoring_offsets(scores, 10) == list(range(6))
 
 
-@pytest.mark.parametrize("selection", ["surprisal", "importance"])
+@pytest.mark.parametrize("selection", ["surprisal", "importance", "learned"])
 @pytest.mark.parametrize("ratio,sink", [(1, 0), (2, 0), (3, 2), (5, 1)])
 def test_scored_anchors_keep_the_budget_in_order_at_their_positions(selection, ratio, sink):
     comp = make_sac(
@@ -213,6 +215,56 @@ def test_scored_anchors_follow_the_scores():
     assert all(scores[i] <= threshold for i in range(len(ids)) if i not in chosen)
 
 
+def test_the_learned_scorer_chooses_by_its_own_scores_outside_training():
+    """Outside training the anchors are the top tokens of a linear head on the frozen
+    model's last hidden states; the head is saved and loaded with the compressor."""
+    comp = make_sac(tiny_model(), ratio=3, anchor_selection="learned", anchor_embedding="shared")
+    randomize_trainables(comp)  # a trained encoder adapter must not change what it reads
+    ids = comp.context_ids(TEXT)
+    with comp.frozen_mode():
+        (hidden,) = frozen_hidden(comp.lm, [ids], comp.config.position_start)
+    with torch.no_grad():
+        expected = comp.anchor_scorer(hidden).squeeze(-1)
+    (scores,) = comp.token_scores([ids])
+    torch.testing.assert_close(scores, expected)
+    ctx = comp.compress_ids([ids])[0]
+    chosen = [q - comp.config.position_start for q in ctx.positions.tolist()]
+    assert all(scores[i] <= min(scores[chosen]) for i in range(len(ids)) if i not in chosen)
+    assert {"anchor_scorer.weight", "anchor_scorer.bias"} <= set(comp.learned_embeddings())
+
+
+def test_the_learned_scorer_learns_to_imitate_its_signal(qa_file, tmp_path):
+    """Training adds the imitation loss and moves the scorer towards the signal: its
+    imitation loss on the training contexts falls."""
+    cfg = config("sac", qa_file, tmp_path / "s", steps=30, save_every=1000, warmup_steps=0)
+    cfg.method_options.update(
+        anchor_selection="learned", anchor_scorer_target="surprisal", anchor_embedding="shared"
+    )
+    trainer = Trainer(cfg, base_model=tiny_model())
+    comp = trainer.compressor
+    contexts = [e.context_ids for s in trainer.sources for e in s.examples]
+
+    def imitation():
+        with torch.no_grad(), comp.frozen_mode():  # what the scorer reads: the frozen model
+            features = frozen_hidden(comp.lm, contexts, comp.config.position_start)
+            predicted = [comp.anchor_scorer(f).squeeze(-1) for f in features]
+            return float(imitation_loss(predicted, surprisal(comp.lm, contexts, 1)))
+
+    before = imitation()
+    trainer.run()
+    assert imitation() < 0.7 * before
+    assert comp.pop_auxiliary_loss() is None  # consumed by every training forward
+
+
+def test_imitation_loss_is_zero_for_a_perfect_imitation_and_ignores_scale():
+    target = torch.tensor([float("inf"), 1.0, 3.0, 2.0, 5.0])
+    z = (target[1:] - target[1:].mean()) / target[1:].std()
+    perfect = torch.cat([torch.tensor([123.0]), z])
+    assert float(imitation_loss([perfect], [target])) == pytest.approx(0.0, abs=1e-6)
+    assert float(imitation_loss([perfect], [target * 10])) == pytest.approx(0.0, abs=1e-6)
+    assert float(imitation_loss([-perfect], [target])) > 1
+
+
 def test_scored_anchors_cannot_grow_a_context():
     comp = make_sac(tiny_model(), ratio=2, anchor_selection="importance")
     ctx = comp.compress(TEXT)
@@ -221,8 +273,12 @@ def test_scored_anchors_cannot_grow_a_context():
 
 
 def test_an_unknown_selector_is_refused_naming_the_choices():
-    with pytest.raises(InvalidInputError, match="surprisal, importance"):
+    with pytest.raises(InvalidInputError, match="surprisal, importance, learned"):
         make_sac(tiny_model(), anchor_selection="kvzap")
+    with pytest.raises(InvalidInputError, match="anchor_scorer_target"):
+        make_sac(tiny_model(), anchor_selection="learned", anchor_scorer_target="random")
+    with pytest.raises(InvalidInputError, match="anchor_scorer_weight"):
+        make_sac(tiny_model(), anchor_selection="learned", anchor_scorer_weight=-1)
 
 
 # --------------------------------------------------------------------------- lever 2

@@ -11,7 +11,13 @@ anchors go when ``anchor_selection`` is not the uniform stride (issue 38, lever 
   the most attention any head of any layer pays it while the second copy is reproduced.
   Tokens the reconstruction needs come in whole spans, where surprisal picks single tokens.
 
-Both run the frozen model without gradients: the caller switches adapters off.
+- a learned scorer (SAC's ``anchor_selection: learned``): a linear head on the frozen
+  model's last hidden states (:func:`frozen_hidden`) trained to imitate one of the two
+  (:func:`imitation_loss`), as KVzap learns to predict KVzip's scores from hidden states
+  (Jegou et al., NVIDIA kvpress, 2025): one frozen pass at compression time and no eager
+  attention, where "importance" needs a pass twice the text's length.
+
+The scoring passes run the frozen model without gradients: the caller switches adapters off.
 """
 
 from __future__ import annotations
@@ -37,10 +43,8 @@ def surprisal(
     device = lm.get_input_embeddings().weight.device
     head = lm.get_output_embeddings()
     out = []
-    for row in rows:
+    for row, hidden in zip(rows, frozen_hidden(lm, rows, position_start), strict=True):
         ids = torch.tensor([list(row)], dtype=torch.long, device=device)
-        positions = torch.arange(len(row), device=device)[None] + position_start
-        hidden = lm.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False)[0][0]
         scores = torch.full((len(row),), float("inf"))
         for start in range(0, len(row) - 1, _LOGIT_ROWS):
             end = min(start + _LOGIT_ROWS, len(row) - 1)
@@ -49,6 +53,42 @@ def surprisal(
             scores[start + 1 : end + 1] = nll[:, 0].cpu()
         out.append(scores)
     return out
+
+
+@torch.no_grad()
+def frozen_hidden(
+    lm: nn.Module, rows: Sequence[Sequence[int]], position_start: int
+) -> list[torch.Tensor]:
+    """The model's last (final-normed) hidden states ``[len(row), hidden]`` of each row read
+    causally: what surprisal's LM head and the learned scorer read."""
+    device = lm.get_input_embeddings().weight.device
+    out = []
+    for row in rows:
+        ids = torch.tensor([list(row)], dtype=torch.long, device=device)
+        positions = torch.arange(len(row), device=device)[None] + position_start
+        out.append(lm.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False)[0][0])
+    return out
+
+
+def imitation_loss(
+    predicted: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """How far a learned scorer's scores are from a signal it imitates (KVzap regresses
+    KVzip's scores): per row, the mean squared error against the signal standardised to mean
+    0 and std 1 (only the order matters to a top-k choice), the first token left out (it
+    always leads: BOS, the sink); the mean over rows."""
+    losses = []
+    for score, target in zip(predicted, targets, strict=True):
+        score, target = score[1:].float(), target[1:].to(score.device).float()
+        keep = torch.isfinite(target)
+        score, target = score[keep], target[keep]
+        if len(target) < 2:
+            continue
+        target = (target - target.mean()) / target.std().clamp_min(1e-6)
+        losses.append((score - target).pow(2).mean())
+    if not losses:
+        return torch.zeros((), device=predicted[0].device if predicted else None)
+    return torch.stack(losses).mean()
 
 
 @torch.no_grad()
@@ -150,6 +190,8 @@ def top_scoring_offsets(scores: torch.Tensor, count: int, first: int = 0) -> lis
 
 __all__ = [
     "RECONSTRUCTION_PROMPT",
+    "frozen_hidden",
+    "imitation_loss",
     "reconstruction_importance",
     "surprisal",
     "top_scoring_offsets",

@@ -140,6 +140,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "encoder_attention_warmup_steps": 0,
     "decoder_lora_rank": 0,
     "decoder_lora_alpha": None,
+    "anchor_scorer_target": "importance",
+    "anchor_scorer_weight": 1.0,
 }
 """Options added after compressors were first saved, with the values that reproduce how a
 compressor saved without them behaved (see :meth:`CompressorConfig.from_dict`). At those

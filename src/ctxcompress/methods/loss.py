@@ -83,6 +83,11 @@ class TrainingLossMixin:
         states = layers[:, state_index, torch.tensor(state_cols, dtype=torch.long, device=device)]
         return TargetOutputs(logits, labels_t, row_index, states, state_index)
 
+    def pop_auxiliary_loss(self) -> torch.Tensor | None:
+        """A method's own loss term from its last training encode, added per target token
+        (none by default; SAC's learned anchor scorer has one)."""
+        return None
+
     def forward(
         self,
         context_ids: Sequence[Sequence[int]],
@@ -118,6 +123,8 @@ class TrainingLossMixin:
         :attr:`TargetOutputs.states` — it adds ``hidden_weight * hidden_distance(student,
         teacher)``: a dense signal at every layer of every input the decoder reads after the
         context, where the KL sees only the target tokens' output distributions.
+        A method's own term (:meth:`pop_auxiliary_loss`, e.g. SAC's learned anchor scorer)
+        is added once per target token.
         ``last_loss_terms`` keeps the three sums (detached) for logging.
         """
         wants_states = teacher_states is not None and len(teacher_rows) > 0
@@ -151,6 +158,9 @@ class TrainingLossMixin:
                 )
             hidden = hidden_distance(student_states, teacher_states)
             loss = loss + hidden_weight * hidden
+        auxiliary = self.pop_auxiliary_loss()  # e.g. SAC's learned anchor scorer
+        if auxiliary is not None:
+            loss = loss + auxiliary * len(out.labels)
         self.last_loss_terms = {
             "ce": float(ce.detach()),
             "kl": float(kl.detach()),

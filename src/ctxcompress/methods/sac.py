@@ -11,8 +11,9 @@ No autoencoding, no appended memory tokens. See METHODS.md §1.
 Every choice the paper ablates is a switch: ``encoder_attention`` ("bidirectional" | "causal"),
 ``anchor_embedding`` ("per_slot" as in the released code | "shared" as in the paper | "none"),
 ``anchor_selection`` ("uniform" | "random"), and beyond the paper (issue 38, lever 1) anchors
-chosen by the frozen model's own scores ("surprisal" | "importance", :mod:`.anchor_scores`):
-the same count per chunk (the budget), each at its original position.
+chosen by the frozen model's own scores ("surprisal" | "importance") or by a learned scorer
+that imitates one of them ("learned"; :mod:`.anchor_scores`): the same count per chunk (the
+budget), each at its original position.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ..positions import chunk_spans, random_anchor_offsets, sac_anchor_offsets, 
 from ..windows import attention_mask, new_cache
 from .anchor_scores import (
     RECONSTRUCTION_PROMPT,
+    frozen_hidden,
+    imitation_loss,
     reconstruction_importance,
     surprisal,
     top_scoring_offsets,
@@ -47,12 +50,18 @@ class SACConfig(CompressorConfig):
 
     anchor_embedding: Literal["per_slot", "shared", "none"] = "per_slot"
     """One learned vector per anchor slot of a chunk (code), one shared vector (paper), or none."""
-    anchor_selection: Literal["uniform", "random", "surprisal", "importance"] = "uniform"
+    anchor_selection: Literal["uniform", "random", "surprisal", "importance", "learned"] = "uniform"
     """Where a chunk's anchors sit (always as many as the segment centres, at their own
     positions): the segment centres (default, the paper), random tokens (ablation), the tokens
-    the frozen model finds most surprising, or those KVzip's context reconstruction attends
-    to most (:mod:`.anchor_scores`; one extra frozen pass over the text, twice it for
-    "importance")."""
+    the frozen model finds most surprising, those KVzip's context reconstruction attends to
+    most, or the top scores of a learned linear scorer on the frozen model's hidden states
+    (:mod:`.anchor_scores`; one extra frozen pass over the text, twice it for "importance")."""
+    anchor_scorer_target: Literal["importance", "surprisal"] = "importance"
+    """``learned`` only: the signal the scorer learns to imitate. While training, anchors sit
+    at this signal's top tokens (the compressor learns with good anchors from step 0) and the
+    scorer is fitted to it; outside training the scorer alone chooses."""
+    anchor_scorer_weight: float = 1.0
+    """``learned`` only: weight of the scorer's imitation loss (per target token)."""
     encoder_attention: Literal["bidirectional", "causal"] = "bidirectional"
     """Attention inside an encoder chunk; "causal" is the paper's ablation."""
     encoder_attention_warmup_steps: int = 0
@@ -62,6 +71,12 @@ class SACConfig(CompressorConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not (
+            isinstance(self.anchor_scorer_weight, int | float) and self.anchor_scorer_weight >= 0
+        ):
+            raise InvalidInputError(
+                f"anchor_scorer_weight must be a number >= 0, got {self.anchor_scorer_weight!r}"
+            )
         steps = self.encoder_attention_warmup_steps
         if not isinstance(steps, int) or steps < 0:
             raise InvalidInputError(
@@ -92,6 +107,13 @@ class SACCompressor(Compressor):
         slots = {"per_slot": self.anchors_per_chunk, "shared": 1, "none": 0}
         n = slots[self.config.anchor_embedding]
         self.anchor_embedding = nn.Parameter(self._normal(n, hidden)) if n else None
+        self.anchor_scorer: nn.Linear | None = None
+        if self.config.anchor_selection == "learned":
+            self.anchor_scorer = nn.Linear(hidden, 1, device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                self.anchor_scorer.weight.copy_(self._normal(1, hidden))
+                self.anchor_scorer.bias.zero_()
+        self._pending_auxiliary: torch.Tensor | None = None
 
     def first_decoder_position(self, ctx: CompressedContext) -> int:
         """``[LM]`` takes position L (+ ``decoder_position_offset``), whatever C is."""
@@ -142,19 +164,41 @@ class SACCompressor(Compressor):
         return top_scoring_offsets(scores, count, first)
 
     def token_scores(self, contexts: Sequence[Sequence[int]]) -> list[torch.Tensor] | None:
-        """Each context token's score under the frozen model for the scored anchor
-        selections (None for "uniform" and "random"): its surprisal, or its reconstruction
-        importance scored chunk by chunk (:mod:`.anchor_scores`)."""
-        selection, start = self.config.anchor_selection, self.config.position_start
-        if selection not in ("surprisal", "importance"):
+        """Each context token's score for the scored anchor selections (None for "uniform"
+        and "random"): its surprisal or reconstruction importance under the frozen model
+        (:mod:`.anchor_scores`), or the learned scorer's output — in training, the signal it
+        imitates, its imitation loss kept for :meth:`pop_auxiliary_loss`."""
+        selection = self.config.anchor_selection
+        if selection in ("surprisal", "importance"):
+            return self._frozen_signal(selection, contexts)
+        if selection != "learned" or self.anchor_scorer is None:
             return None
         with torch.no_grad(), self.frozen_mode():
-            if selection == "surprisal":
+            features = frozen_hidden(self.lm, contexts, self.config.position_start)
+        scorer = self.anchor_scorer
+        predicted = [scorer(f.to(scorer.weight.dtype)).squeeze(-1) for f in features]
+        if not (self.training and torch.is_grad_enabled()):
+            return [p.detach().float().cpu() for p in predicted]
+        target = self._frozen_signal(self.config.anchor_scorer_target, contexts)
+        self._pending_auxiliary = self.config.anchor_scorer_weight * imitation_loss(
+            predicted, target
+        )
+        return target
+
+    def _frozen_signal(self, kind: str, contexts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        start = self.config.position_start
+        with torch.no_grad(), self.frozen_mode():
+            if kind == "surprisal":
                 return surprisal(self.lm, contexts, start)
             prompt = self._encode(RECONSTRUCTION_PROMPT)
             return reconstruction_importance(
                 self.lm, contexts, prompt, start, self.config.chunk_size
             )
+
+    def pop_auxiliary_loss(self) -> torch.Tensor | None:
+        """The learned scorer's imitation loss of the last training encode (once)."""
+        pending, self._pending_auxiliary = self._pending_auxiliary, None
+        return pending
 
     def _plan(self, contexts: Sequence[Sequence[int]], starts: Sequence[int]) -> list[_Chunk]:
         """The chunks to encode (document ``d``'s first token is token ``starts[d]`` of its
