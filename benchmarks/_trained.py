@@ -235,7 +235,7 @@ class Benchmark:
     # ------------------------------------------------------------------------- teachers
     def teachers(self, setting: str) -> set[str]:
         """The systems of ``setting`` that another of its systems distils from."""
-        own = self.own_systems(setting)
+        own = [s for s in self.own_systems(setting) if s in self.systems]  # not zero-shot rows
         return {t for s in own if (t := self.system_spec(s, setting).get("distill"))}
 
     def kept_teacher(self, setting: str, teacher: str, out: Path) -> Path | None:
