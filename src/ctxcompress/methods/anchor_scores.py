@@ -36,14 +36,20 @@ _LOGIT_ROWS = 256  # LM-head rows per slice: a 2k-token document never holds all
 
 @torch.no_grad()
 def surprisal(
-    lm: nn.Module, rows: Sequence[Sequence[int]], position_start: int
+    lm: nn.Module,
+    rows: Sequence[Sequence[int]],
+    position_start: int,
+    hidden_states: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Per token of each row, ``-log p(token | the row before it)`` in nats (float32, on the
-    CPU); the first token, which nothing predicts, scores ``+inf`` (it is always kept first)."""
+    CPU); the first token, which nothing predicts, scores ``+inf`` (it is always kept first).
+    ``hidden_states``: the rows' :func:`frozen_hidden`, when the caller has them already."""
     device = lm.get_input_embeddings().weight.device
     head = lm.get_output_embeddings()
+    if hidden_states is None:
+        hidden_states = frozen_hidden(lm, rows, position_start)
     out = []
-    for row, hidden in zip(rows, frozen_hidden(lm, rows, position_start), strict=True):
+    for row, hidden in zip(rows, hidden_states, strict=True):
         ids = torch.tensor([list(row)], dtype=torch.long, device=device)
         scores = torch.full((len(row),), float("inf"))
         for start in range(0, len(row) - 1, _LOGIT_ROWS):

@@ -155,7 +155,8 @@ class PersistenceMixin:
         compressor loads the encoder's alone, and its decoder adapter starts at zero)."""
         directory = Path(directory)
         path = directory / EMBEDDINGS_FILE
-        tensors = read_weights(path, self._weights_identity(directory), str(self.device))
+        identity = self._weights_identity(directory)  # the header is read once per load
+        tensors = read_weights(path, identity, str(self.device))
         own = self.learned_embeddings()
         if set(tensors) != set(own):
             raise CorruptFileError(
@@ -179,9 +180,9 @@ class PersistenceMixin:
         if isinstance(self.model, PeftModel):
             names = list(self.model.peft_config) if adapters is None else list(adapters)
             for name in names:  # the encoder's, and the decoder's if any
-                self._load_adapter(directory, name)
+                self._load_adapter(directory, name, identity)
 
-    def _load_adapter(self, directory: Path, name: str) -> None:
+    def _load_adapter(self, directory: Path, name: str, identity: dict[str, str]) -> None:
         """One adapter's weights from ``adapter/`` (the encoder's, peft's ``default``) or
         ``adapter/<name>/`` (peft's layout for a model's further adapters), after checking
         that its peft config and recorded identity are this compressor's."""
@@ -189,7 +190,7 @@ class PersistenceMixin:
         folder = folder if name == "default" else folder / name
         adapter = folder / "adapter_model.safetensors"
         self._check_adapter_config(folder / "adapter_config.json", name)
-        weights = read_weights(adapter, self._weights_identity(directory), str(self.device))
+        weights = read_weights(adapter, identity, str(self.device))
         try:
             result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
         except RuntimeError as exc:  # torch's size mismatch, deep inside load_state_dict

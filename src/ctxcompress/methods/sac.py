@@ -179,17 +179,24 @@ class SACCompressor(Compressor):
         predicted = [scorer(f.to(scorer.weight.dtype)).squeeze(-1) for f in features]
         if not (self.training and torch.is_grad_enabled()):
             return [p.detach().float().cpu() for p in predicted]
-        target = self._frozen_signal(self.config.anchor_scorer_target, contexts)
+        target = self._frozen_signal(self.config.anchor_scorer_target, contexts, features)
         self._pending_auxiliary = self.config.anchor_scorer_weight * imitation_loss(
             predicted, target
         )
         return target
 
-    def _frozen_signal(self, kind: str, contexts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    def _frozen_signal(
+        self,
+        kind: str,
+        contexts: Sequence[Sequence[int]],
+        hidden_states: Sequence[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """The frozen model's surprisal or importance per token (``hidden_states``: its last
+        hidden states of ``contexts``, if already computed, spare surprisal a second pass)."""
         start = self.config.position_start
         with torch.no_grad(), self.frozen_mode():
             if kind == "surprisal":
-                return surprisal(self.lm, contexts, start)
+                return surprisal(self.lm, contexts, start, hidden_states)
             prompt = self._encode(RECONSTRUCTION_PROMPT)
             return reconstruction_importance(
                 self.lm, contexts, prompt, start, self.config.chunk_size
