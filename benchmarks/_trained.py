@@ -26,6 +26,14 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
   compressor (trained once, shared) instead of a stage 1 of its own — screens of one
   method's options compare stage-2 recipes after the same stage 1 (a decoder adapter the
   stage-1 system lacks starts at zero);
+* optionally per system ``stage1: {steps, texts, train, distill}``: a stage 1 of its own
+  recipe (issue 38's dense pretraining: more steps, a text stream, loop options on top of the
+  spec's, ``distill: full_context`` for KL to the frozen full-context model);
+* optionally per setting ``dense_dev: {texts, limit, size, context_fraction, every}``: the
+  dense learning curve of every stage 1 trained there — the continuation NLL
+  (``ctxcompress.evaluation.continuation``) on the first ``limit`` held-out windows of ``size``
+  tokens of the ``texts`` every ``every`` steps, beside the frozen model's full context and
+  head / tail truncation at the setting's ratio on the same windows;
 * optionally ``kept_teachers``: a folder (relative to the checkout that holds ``--out``)
   where every finished teacher's stage-2 compressor is copied in bfloat16, as
   ``<setting>/<system>/``, to be committed: checkpoints are not in git, a teacher takes hours
@@ -56,14 +64,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import ctxcompress as cc
-from ctxcompress.data import load_qa
+from ctxcompress.data import load_qa, load_texts
 from ctxcompress.evaluation import (
+    ContinuationScore,
     EvalResult,
+    continuation_nll,
+    continuation_windows,
     difference_legend,
     difference_table,
     evaluate,
     markdown_table,
     markdown_tables,
+    paired_nll_difference,
     replace_section,
 )
 from ctxcompress.evaluation.report import LABELS, depth_key, depth_table
@@ -77,6 +89,10 @@ from ._common import command_line as _command_line
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD_RESULTS = ROOT / "benchmarks" / "standard" / "results"
 SAVINGS_REPEATS = 5
+STAGE1_FIELDS = {"steps", "texts", "train", "distill"}
+"""What a system's own ``stage1`` may set."""
+DENSE_FIELDS = {"texts", "limit", "size", "every"}
+"""What a setting's ``dense_dev`` must set (``context_fraction`` and ``seed`` are optional)."""
 CURVE = "curve"
 """A target's ``test`` that compares the dev learning curves instead of a test set."""
 
@@ -94,7 +110,21 @@ def load_spec(path: Path) -> dict[str, Any]:
             )
         if source is not None and spec["systems"][source]["method"] != system["method"]:
             raise ValueError(f"{path}: systems.{name}.stage1_from={source!r} trains another method")
+        own = system.get("stage1")
+        if own is not None:
+            if unknown := sorted(set(own) - STAGE1_FIELDS):
+                raise ValueError(
+                    f"{path}: systems.{name}.stage1 has unknown fields {unknown}; known: "
+                    f"{sorted(STAGE1_FIELDS)}"
+                )
+            if source is not None:
+                raise ValueError(
+                    f"{path}: systems.{name} has both stage1_from and a stage1 of its own"
+                )
     for name, setting in spec["settings"].items():
+        dense = setting.get("dense_dev")
+        if dense is not None and (missing := sorted(DENSE_FIELDS - set(dense))):
+            raise ValueError(f"{path}: settings.{name}.dense_dev lacks {missing}")
         overridden = setting.get("system_overrides", {})
         if unknown := [s for s in overridden if s not in spec["systems"]]:
             raise ValueError(
@@ -178,6 +208,14 @@ class Benchmark:
         given = {key: getattr(args, flag, None) for key, flag in flags.items()}
         return {key: own[key] if given[key] is None else given[key] for key in flags}
 
+    def stage1_steps(self, system: str, setting: str, args) -> int:
+        """A system's stage-1 steps: the command line's, else its own ``stage1.steps``, else
+        the setting's / spec's."""
+        own = self.system_spec(system, setting).get("stage1", {}).get("steps")
+        if getattr(args, "stage1_steps", None) is None and own is not None:
+            return int(own)
+        return self.steps(setting, args)["stage1"]
+
     def dev_examples(self, setting: str, args):
         dev = self.settings[setting]["dev"]
         limit = args.dev_limit if args.dev_limit is not None else dev.get("limit", 50)
@@ -202,8 +240,9 @@ class Benchmark:
         options = {**info["options"], "ratio": spec["ratio"]}
         if ae:
             options["autoencoding"] = True
+        own_stage1 = info.get("stage1", {})
         if stage == 1:
-            texts = self.spec["stage1_texts"]
+            texts = own_stage1.get("texts", self.spec["stage1_texts"])
             data = [{**t, "objective": "continuation"} for t in texts]
             if ae:
                 data += [{**t, "objective": "autoencoding"} for t in texts]
@@ -211,10 +250,11 @@ class Benchmark:
             data = [{**d, "objective": "qa"} for d in spec["train"]]
         loop = {
             **self.spec["loop"],
-            "steps": steps[f"stage{stage}"],
+            "steps": self.stage1_steps(system, setting, args) if stage == 1 else steps["stage2"],
             "save_every": steps["curve_every"],
             "continuation_max_tokens": spec["window"],
             **info.get("train", {}),
+            **(own_stage1.get("train", {}) if stage == 1 else {}),
         }
         config = {
             "method": info["method"],
@@ -224,9 +264,12 @@ class Benchmark:
             "train": loop,
             "output_dir": str(out / "train" / system / f"stage{stage}"),
         }
-        if stage == 2 and steps["stage1"] > 0:
-            stage1 = info.get("stage1_from", system)
+        stage1 = info.get("stage1_from", system)
+        if stage == 2 and self.stage1_steps(stage1, setting, args) > 0:
             config["init_from"] = str(out / "train" / stage1 / "stage1" / "compressor")
+        if stage == 1 and own_stage1.get("distill"):
+            teacher = own_stage1["distill"]
+            config["distill"] = {"weight": 1.0, "temperature": 1.0, "teacher": teacher}
         if stage == 2 and info.get("distill"):
             teacher = self.teacher_folder(setting, info["distill"], out)
             config["distill"] = {"weight": 1.0, "temperature": 1.0, "teacher": str(teacher)}
@@ -271,13 +314,13 @@ class Benchmark:
         """Stage 1, then stage 2 with a dev-F1 point every ``curve_every`` steps."""
         clock = {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
         steps = self.steps(setting, args)
-        if steps["stage1"] > 0:
-            # A system may start from another's stage 1 (``stage1_from``): the screens of
-            # one method's options share one stage 1, trained once.
-            stage1 = self.system_spec(system, setting).get("stage1_from", system)
+        # A system may start from another's stage 1 (``stage1_from``): the screens of one
+        # method's options share one stage 1, trained once.
+        stage1 = self.system_spec(system, setting).get("stage1_from", system)
+        if self.stage1_steps(stage1, setting, args) > 0:
             config = self.stage_config(stage1, setting, 1, args, out)
             if not (Path(config.output_dir) / "compressor").is_dir():
-                Trainer(config).run()
+                self.train_stage1(stage1, setting, config, out)
             clock = stage1_clock(config)
         config = self.stage_config(system, setting, 2, args, out)
         trainer = Trainer(config)
@@ -293,6 +336,133 @@ class Benchmark:
         }
         write_json(out / "train_seconds.json", times)
         return trainer.compressor
+
+    # ------------------------------------------------------------------------- dense curve
+    def dense_windows(self, comp: cc.Compressor, setting: str) -> list:
+        """The setting's held-out continuation windows (``dense_dev``), in ``comp``'s ids."""
+        dense = self.settings[setting]["dense_dev"]
+        texts = [
+            doc.text
+            for t in dense["texts"]
+            for doc in load_texts(t["source"], seed=dense.get("seed", 0), **t.get("options", {}))
+        ]
+        return continuation_windows(
+            comp,
+            texts,
+            size=dense["size"],
+            limit=dense["limit"],
+            context_fraction=dense.get("context_fraction", 0.5),
+        )
+
+    def dense_baselines(self, setting: str, out: Path) -> dict[str, dict[str, Any]]:
+        """The frozen model's continuation NLL on the dense windows: the full context and
+        head / tail truncation at the setting's ratio (computed once, kept in
+        ``dense_baselines.json``)."""
+        path = out / "dense_baselines.json"
+        done = load_json(path, {})
+        base, ratio = cc.load_base_model(), self.settings[setting]["ratio"]
+        systems = {
+            "full_context": lambda: cc.build_compressor("full_context", base),
+            **{
+                f"{mode}_truncation@{ratio}x": lambda mode=mode: cc.build_compressor(
+                    "truncation", base, ratio=ratio, truncation=mode, prefix_in_budget=True
+                )
+                for mode in ("head", "tail")
+            },
+        }
+        for label, build in systems.items():
+            if label in done:
+                continue
+            comp = build()
+            score = continuation_nll(comp, self.dense_windows(comp, setting), label=label)
+            done[label] = {"nll": score.mean, "window_nll": list(score.window_nll)}
+            write_json(path, done)
+        return done
+
+    def train_stage1(self, system: str, setting: str, config, out: Path) -> None:
+        """Stage 1; with the setting's ``dense_dev``, a continuation-NLL point every
+        ``every`` steps (and at step 0) in ``dense_curves.json`` (resumable)."""
+        dense = self.settings[setting].get("dense_dev")
+        trainer = Trainer(config)
+        if not dense:
+            trainer.run()
+            return
+        self.dense_baselines(setting, out)
+        windows = self.dense_windows(trainer.compressor, setting)
+        path = out / "dense_curves.json"
+
+        def record(trainer: Trainer) -> None:
+            curves = load_json(path, {})
+            points = curves.setdefault(system, [])
+            if any(p["step"] == trainer.step for p in points):
+                return  # recorded before a resume
+            start = time.perf_counter()
+            score = continuation_nll(trainer.compressor, windows, batch_size=16, label=system)
+            points.append(
+                {
+                    "step": trainer.step,
+                    "nll": score.mean,
+                    "window_nll": list(score.window_nll),
+                    "train_seconds": trainer.train_seconds,
+                    "train_cpu_seconds": trainer.train_cpu_seconds,
+                }
+            )
+            points.sort(key=lambda p: p["step"])
+            write_json(path, curves)
+            add_seconds(out / "wall_seconds.json", f"dense:{system}", time.perf_counter() - start)
+            print(
+                f"[{self.name}] {system} stage 1 step {trainer.step}: continuation NLL "
+                f"{score.mean:.3f}",
+                flush=True,
+            )
+
+        trainer.run(eval_every=dense["every"], on_eval=record)
+
+    def dense_report(self, setting: str, out: Path, page: Path) -> list[str]:
+        """The dense curves beside the frozen baselines, paired over the same windows."""
+        dense = self.settings[setting].get("dense_dev")
+        baselines = load_json(out / "dense_baselines.json", {})
+        curves = load_json(out / "dense_curves.json", {})
+        if not dense or not baselines:
+            return []
+        scores = {k: ContinuationScore(k, tuple(v["window_nll"])) for k, v in baselines.items()}
+        ratio = self.settings[setting]["ratio"]
+        head, full = scores[f"head_truncation@{ratio}x"], scores["full_context"]
+        rows = [(label, "-", score) for label, score in scores.items()]
+        for system, points in curves.items():
+            rows += [
+                (system, p["step"], ContinuationScore(system, tuple(p["window_nll"])))
+                for p in points
+            ]
+        lines = [
+            "| system | stage-1 step | continuation NLL (nats/token) [95% CI] | minus head "
+            "truncation [paired 95% CI] | share of the head-to-full gap closed |",
+            "|---|---|---|---|---|",
+        ]
+        gap = head.mean - full.mean
+        for label, step, score in rows:
+            ci = score.interval()
+            diff = paired_nll_difference(score, head)
+            closed = (head.mean - score.mean) / gap if gap else float("nan")
+            lines.append(
+                f"| {label} | {step} | {score.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}] | "
+                f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] | {100 * closed:.0f} % |"
+            )
+        sources = ", ".join(f"`{t['source']}`" for t in dense["texts"])
+        parts = [
+            f"Dense curve (lever 4): continuation NLL on the first {dense['limit']} held-out "
+            f"windows of {dense['size']} tokens of {sources} (the first "
+            f"{dense.get('context_fraction', 0.5):g} compressed, the rest scored after its "
+            "first token; lower is better), every stage 1 trained here against the frozen "
+            f"model reading the full window and its head or tail truncated to the {ratio}x "
+            "budget (the same windows, paired).",
+            "\n".join(lines),
+        ]
+        if curves:
+            plot = page.parent / "results" / f"{self.name}_{setting}_dense.png"
+            plot_dense_curves(curves, baselines, plot, f"setting {setting}: dense curve")
+            parts.append(f"![dense curve, {setting}](results/{plot.name})")
+        return parts
 
     def zero_shot(self, system: str, setting: str) -> cc.Compressor:
         base = cc.load_base_model()
@@ -557,6 +727,7 @@ class Benchmark:
             if missing := [s for s in self.systems_of(setting, args) if s not in done]:
                 parts.append(f"Not finished yet: {', '.join(missing)}.")
             parts += self.savings_report(setting, out)
+            parts += self.dense_report(setting, out, page)
             curves = load_json(out / "curves.json", {})
             if curves:
                 plot = page.parent / "results" / f"{self.name}_{setting}.png"
@@ -683,6 +854,32 @@ def to_bfloat16(folder: Path) -> None:
             str(path),
             metadata=metadata,
         )
+
+
+def plot_dense_curves(
+    curves: dict[str, list[dict]], baselines: dict[str, dict], path: Path, title: str
+) -> None:
+    """Continuation NLL against stage-1 steps, one line per system, the frozen baselines as
+    horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for system, points in curves.items():
+        ax.plot([p["step"] for p in points], [p["nll"] for p in points], marker="o", label=system)
+    for i, (label, value) in enumerate(baselines.items()):
+        ax.axhline(value["nll"], linestyle="--", color=f"C{len(curves) + i}", label=label)
+    ax.set_xlabel("stage-1 step")
+    ax.set_ylabel("continuation NLL (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def stage1_clock(config) -> dict[str, float]:

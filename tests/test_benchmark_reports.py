@@ -479,9 +479,25 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
         first = bench.system_spec(system, "screen_4x").get("stage1_from", system)
         assert two.init_from == str(tmp_path / "train" / first / "stage1" / "compressor")
         configs[system] = two
+    dense_rows = {"sac_dense", "sac_best_dense"}
     assert {s for s, c in configs.items() if c.method == "sac" and "sac/stage1" in c.init_from} == {
-        s for s in configs if s.startswith("sac")
+        s for s in configs if s.startswith("sac") and s not in dense_rows
     }
+    # Lever 4: sac_dense has a stage 1 of its own (a distilled text stream, more steps), and
+    # sac_best_dense starts from it; every other stage 1 is the shared 100-step one.
+    dense = bench.stage_config("sac_dense", "screen_4x", 1, args, tmp_path)
+    plain = bench.stage_config("sac", "screen_4x", 1, args, tmp_path)
+    assert (dense.train.steps, plain.train.steps) == (2000, 100)
+    assert dense.train.text_stream and not dense.train.document_windows
+    assert not plain.train.text_stream and plain.train.continuation_context_fraction == 0.5
+    assert dense.train.continuation_max_tokens == 192
+    assert dense.train.continuation_context_fraction == 0.75
+    assert (dense.distill.weight, dense.distill.teacher) == (1.0, "full_context")
+    assert plain.distill.weight == 0
+    assert {d.weight for d in dense.data} == {"examples"}
+    assert [d.source.split(":")[1] for d in dense.data] == ["train"] * 4  # never dev / test
+    assert configs["sac_best_dense"].init_from.endswith("sac_dense/stage1/compressor")
+    assert configs["sac_dense"].init_from.endswith("sac_dense/stage1/compressor")
 
     def levers_of(config):
         options, loop = config.method_options, config.train
@@ -495,11 +511,81 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     assert levers_of(configs["sac_ramp"]) == {"selection": "uniform", "decoder": 0, "ramp": 100}
     assert levers_of(configs["sac_best"]) == {"selection": "surprisal", "decoder": 32, "ramp": 100}
     assert levers_of(configs["sac_importance_decoder"])["selection"] == "importance"
+    assert levers_of(configs["sac_best_dense"]) == levers_of(configs["sac_best"])
     # A setting without a systems list has every system, the zero-shot rows too: they have
     # no spec of their own and no teacher (regression: a KeyError after the first row).
     assert "zs_full_context" in bench.own_systems("screen_4x")
     assert bench.teachers("screen_4x") == set()
     assert configs["trained_truncation_decoder"].method_options["decoder_lora_rank"] == 32
+
+
+def test_a_dense_stage_1_curve_resumes_and_reports_against_the_frozen_baselines(
+    monkeypatch, tmp_path
+):
+    """Lever 4's dense curve (settings.*.dense_dev): a continuation-NLL point at step 0 and
+    every ``every`` steps of a stage 1, none twice across a resume; the frozen full context
+    and head / tail truncation on the same windows, once; the report pairs every row with
+    head truncation and says which share of the head-to-full gap it closes."""
+    import copy
+
+    from benchmarks._trained import Benchmark
+
+    import ctxcompress as cc
+    from ctxcompress.testing import tiny_model
+    from ctxcompress.training import Trainer, parse_config
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.txt").write_text(f"Text {i}: " + " ".join(f"w{i}y{j}" for j in range(30)))
+    spec = copy.deepcopy(levers.BENCHMARK.spec)
+    spec["settings"]["screen_4x"] |= {
+        "ratio": 2,
+        "dense_dev": {
+            "texts": [{"source": f"text:{folder}"}],
+            "limit": 3,
+            "size": 24,
+            "context_fraction": 0.75,
+            "every": 2,
+        },
+    }
+    bench = Benchmark("levers", "benchmarks/levers/run.py", spec)
+    monkeypatch.setattr(cc, "load_base_model", lambda *a, **k: tiny_model())
+    out = tmp_path / "out"
+    config = {
+        "method": "sac",
+        "base_model": "tiny",
+        "method_options": {"ratio": 2, "lora_rank": 4},
+        "data": [{"source": f"text:{folder}", "objective": "continuation"}],
+        "train": {
+            "steps": 4,
+            "batch_size": 2,
+            "micro_batch_size": 2,
+            "save_every": 2,
+            "lr": 1e-2,
+            "continuation_max_tokens": 24,
+            "continuation_min_tokens": 2,
+            "text_stream": True,
+        },
+        "distill": {"weight": 1.0, "teacher": "full_context"},
+        "output_dir": str(out / "train" / "sac_dense" / "stage1"),
+    }
+    Trainer(parse_config(config)).run(until_step=2)  # killed after a checkpoint, no point
+    bench.train_stage1("sac_dense", "screen_4x", parse_config(config), out)
+    bench.train_stage1("sac_dense", "screen_4x", parse_config(config), out)  # all done
+    points = json.loads((out / "dense_curves.json").read_text())["sac_dense"]
+    assert [p["step"] for p in points] == [2, 4]
+    assert all(len(p["window_nll"]) == 3 for p in points)
+    baselines = json.loads((out / "dense_baselines.json").read_text())
+    assert list(baselines) == ["full_context", "head_truncation@2x", "tail_truncation@2x"]
+    page = tmp_path / "docs" / "page.md"
+    parts = bench.dense_report("screen_4x", out, page)
+    table = parts[1].splitlines()
+    assert len(table) == 2 + 3 + 2  # header, baselines, two curve points
+    assert table[2].startswith("| full_context | - |") and table[2].endswith("| 100 % |")
+    assert table[3].startswith("| head_truncation@2x | - |") and table[3].endswith("| 0 % |")
+    assert "+0.000 [+0.000, +0.000]" in table[3]  # head truncation against itself
+    assert (page.parent / "results" / "levers_screen_4x_dense.png").is_file()
 
 
 def test_a_finished_teacher_is_kept_in_bfloat16_and_distilled_from_on_a_fresh_machine(

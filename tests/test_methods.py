@@ -201,7 +201,7 @@ def test_full_context_reproduces_the_plain_model():
     assert comp.generate(ctx, question, max_new_tokens=10) == expected
 
 
-@pytest.mark.parametrize("mode", ["head", "head_tail"])
+@pytest.mark.parametrize("mode", ["head", "tail", "head_tail"])
 @pytest.mark.parametrize("r", [2, 4, 15])
 def test_truncation_keeps_exactly_the_budget(mode, r):
     comp = cc.build_compressor("truncation", tiny_model(), ratio=r, truncation=mode)
@@ -211,6 +211,8 @@ def test_truncation_keeps_exactly_the_budget(mode, r):
     assert len(kept) == budget
     if mode == "head":
         assert kept == ids[:budget]
+    elif mode == "tail":
+        assert kept == ids[700 - budget :]
     else:
         head = (budget + 1) // 2
         assert kept == ids[:head] + ids[700 - (budget - head) :]

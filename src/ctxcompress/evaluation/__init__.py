@@ -1,6 +1,12 @@
 """Evaluation: metrics (both conventions, ROUGE), the runner, tables, bootstrap intervals and
 plots."""
 
+from .continuation import (
+    ContinuationScore,
+    continuation_nll,
+    continuation_windows,
+    paired_nll_difference,
+)
 from .report import plot_quality_vs_ratio, replace_section
 from .runner import (
     EvalResult,
@@ -20,10 +26,13 @@ from .significance import (
 )
 
 __all__ = [
+    "ContinuationScore",
     "EvalResult",
     "Interval",
     "Prediction",
     "breakdown_table",
+    "continuation_nll",
+    "continuation_windows",
     "difference_legend",
     "difference_table",
     "evaluate",
@@ -31,6 +40,7 @@ __all__ = [
     "markdown_tables",
     "mean_interval",
     "paired_difference",
+    "paired_nll_difference",
     "paired_ratio",
     "plot_quality_vs_ratio",
     "replace_section",

@@ -4,8 +4,10 @@ truncation to the same token budget as the compressors (METHODS.md §3).
 Each "compresses" into the frozen model's own KV cache of the tokens it keeps, read as an
 ordinary prompt: contiguous positions from ``position_start`` (default 0), no ``[LM]`` token.
 Truncation keeps exactly as many document tokens as the learned methods keep entries at the
-same ratio (``positions.memory_slots`` per chunk), from the head, or half from the head and
-half from the tail (``truncation="head_tail"``); the prompt prefix is kept whole.
+same ratio (``positions.memory_slots`` per chunk), from the head, from the tail
+(``truncation="tail"``: the most recent tokens, what a continuation reads on from) or half
+from the head and half from the tail (``truncation="head_tail"``); the prompt prefix is kept
+whole.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class HardConfig(CompressorConfig):
 
 @dataclass
 class TruncationConfig(HardConfig):
-    truncation: Literal["head", "head_tail"] = "head"
-    """Keep the head of the context, or half the budget from the head and half from the tail."""
+    truncation: Literal["head", "tail", "head_tail"] = "head"
+    """Keep the head of the context, its tail, or half the budget from the head and half from
+    the tail."""
     prefix_in_budget: bool = False
     """False: the prompt prefix is kept on top of the document budget. True: it counts against
     the budget, so exactly as many entries are kept as a compressor keeps for the whole
@@ -142,5 +145,7 @@ class Truncation(HardBaseline):
         budget = self._body_budget(len(ids), n)
         if self.config.truncation == "head":
             return prefix + body[:budget]
+        if self.config.truncation == "tail":
+            return prefix + body[len(body) - budget :]
         head = (budget + 1) // 2
         return prefix + body[:head] + body[len(body) - (budget - head) :]

@@ -17,6 +17,9 @@ from ..errors import InvalidInputError
 from .distillation import check_teacher_spec
 from .objectives import OBJECTIVES
 
+EXAMPLES_WEIGHT = "examples"
+"""A data source's ``weight`` that stands for its number of examples."""
+
 
 @dataclass
 class DataSource:
@@ -26,12 +29,20 @@ class DataSource:
     objective: str = "qa"
     """``qa`` (loss on answer + EOS), ``summarization`` (the same with the summary),
     ``continuation`` or ``autoencoding``."""
-    weight: float = 1.0
-    """Relative sampling weight in the mixture."""
+    weight: float | str = 1.0
+    """Relative sampling weight in the mixture, or ``"examples"``: the source's number of
+    examples (sources mixed in proportion to their size, so that each is read once per epoch
+    at the same pace — a text stream split over several sources)."""
     limit: int | None = None
     """Use only the first N records (after the data loader's own ordering)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Passed to the data loader (e.g. ``num_distractors`` for nq-oracle)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, str) and self.weight != EXAMPLES_WEIGHT:
+            # YAML 1.1 reads 5e-1 (no dot) as a string: take it as the number it spells.
+            with contextlib.suppress(ValueError):
+                self.weight = float(self.weight)
 
 
 @dataclass
@@ -68,6 +79,17 @@ class LoopConfig:
     document_windows: bool = False
     """Continuation/autoencoding: cut documents longer than ``continuation_max_tokens`` into
     consecutive windows of that many tokens (each one example) instead of dropping them."""
+    text_stream: bool = False
+    """Continuation/autoencoding (issue 38, lever 4: dense pretraining): join each source's
+    documents into one token stream and cut it into consecutive windows of exactly
+    ``continuation_max_tokens`` (``objectives.text_stream_windows``), so short paragraphs
+    and long papers alike feed full-length examples and no token repeats within an epoch;
+    continuation targets then carry no EOS (the cut is not the text's end). Not with
+    ``document_windows``, which cuts each document on its own."""
+    continuation_context_fraction: float = 0.5
+    """The share of a continuation example that is compressed (the paper: half); the rest is
+    the target. A larger share keeps the compressed context near the QA contexts' length
+    while every step still has continuation tokens to distil."""
     ratios: list[int] | None = None
     """Train each micro-batch at a ratio drawn from these (seeded by the step: an exact
     resume draws the same), so that one compressor serves any of them (Activation Beacon's
@@ -171,6 +193,13 @@ class TrainConfig:
                     f"data source {d.source!r}: objective {d.objective!r} is not one of "
                     f"{', '.join(OBJECTIVES)}"
                 )
+            if d.weight == EXAMPLES_WEIGHT:
+                continue
+            if isinstance(d.weight, bool) or not isinstance(d.weight, int | float):
+                raise InvalidInputError(
+                    f"data source {d.source!r}: weight must be a number > 0 or "
+                    f"{EXAMPLES_WEIGHT!r} (its number of examples), got {d.weight!r}"
+                )
             if d.weight <= 0:
                 raise InvalidInputError(f"data source {d.source!r}: weight must be > 0")
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "save_every"):
@@ -194,6 +223,16 @@ class TrainConfig:
                     f"train.ratios {loop.ratios}: method_options.ratio ({ratio}) must be the "
                     f"smallest of them ({min(loop.ratios)}); the learned vectors are sized by it"
                 )
+        if not 0 < loop.continuation_context_fraction < 1:
+            raise InvalidInputError(
+                "train.continuation_context_fraction must be in (0, 1) (the compressed share "
+                f"of a continuation example), got {loop.continuation_context_fraction}"
+            )
+        if loop.text_stream and loop.document_windows:
+            raise InvalidInputError(
+                "train.text_stream and train.document_windows both cut texts into windows: "
+                "text_stream joins the documents first, document_windows cuts each alone; use one"
+            )
         self._validate_ramp()
         distill = self.distill
         if distill.weight < 0:

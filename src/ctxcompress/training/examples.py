@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from .. import data as data_lib
 from ..errors import InvalidInputError
 from ..methods import Compressor
-from .config import DataSource, TrainConfig
+from .config import EXAMPLES_WEIGHT, DataSource, TrainConfig
 from .objectives import (
     TrainExample,
     autoencoding_example,
     continuation_example,
     document_windows,
     qa_example,
+    text_stream_windows,
 )
 
 
@@ -25,6 +26,13 @@ class SourceExamples:
     source: DataSource
     examples: list[TrainExample]
     dropped: int
+
+    @property
+    def weight(self) -> float:
+        """The source's sampling weight (``"examples"``: its number of examples)."""
+        if self.source.weight == EXAMPLES_WEIGHT:
+            return float(len(self.examples))
+        return float(self.source.weight)
 
 
 def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) -> SourceExamples:
@@ -40,6 +48,14 @@ def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) ->
     elif source.objective == "summarization":
         for doc in data_lib.load_summarization(source.source, limit=limit, seed=seed, **options):
             examples.append(qa_example(comp, doc.document, doc.question(), doc.summary))
+    elif loop.text_stream:
+        texts = _texts(source, limit, seed, options)
+        for window in text_stream_windows(comp, texts, loop.continuation_max_tokens):
+            ex = _text_example(comp, window, source.objective, loop, eos=False)
+            if ex is None:
+                dropped += 1
+            else:
+                examples.append(ex)
     else:
         for text in _texts(source, limit, seed, options):
             pieces = (
@@ -66,14 +82,19 @@ def build_examples(comp: Compressor, source: DataSource, config: TrainConfig) ->
     return SourceExamples(source, examples, dropped)
 
 
-def _text_example(comp: Compressor, text, objective: str, loop) -> TrainExample | None:
-    """A continuation or autoencoding example of a text (or a window of its token ids)."""
+def _text_example(
+    comp: Compressor, text, objective: str, loop, *, eos: bool = True
+) -> TrainExample | None:
+    """A continuation or autoencoding example of a text (or a window of its token ids);
+    ``eos=False``: a continuation target without EOS (a window cut from a text stream)."""
     if objective == "continuation":
         return continuation_example(
             comp,
             text,
             min_tokens=loop.continuation_min_tokens,
             max_tokens=loop.continuation_max_tokens,
+            context_fraction=loop.continuation_context_fraction,
+            eos=eos,
         )
     return autoencoding_example(comp, text)
 

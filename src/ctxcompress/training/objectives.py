@@ -12,13 +12,19 @@ with EOS), nothing else: see ``Compressor.forward``.
 - **Continuation pretraining** (SAC, no autoencoding): a document of ``min_tokens`` to
   ``max_tokens`` tokens (510-2040 in the paper) is cut in half; the first half is compressed,
   the second half + EOS is the target right after ``[LM]`` (empty prompt).
+- **Dense pretraining on a text stream** (issue 38, lever 4; KV-Distill, ICAE's packed
+  pretraining): a source's documents joined into one token stream
+  (:func:`text_stream_windows`) and cut into consecutive windows, each a continuation example
+  whose split point is ``context_fraction`` of the window and whose target has no EOS (the
+  cut is not the text's end). With ``distill`` from the full context, every continuation
+  token carries the teacher's distribution.
 - **Autoencoding** (ICAE, 500×, EPL, PIC pretraining; the SAC ablation): after ``[AE]``, the
   target is the context's own text + EOS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
@@ -74,23 +80,49 @@ def document_windows(comp: Compressor, text: str, size: int) -> Iterator[list[in
         yield ids[start : start + size]
 
 
+STREAM_SEPARATOR = "\n\n"
+"""What joins two documents of a text stream."""
+
+
+def text_stream_windows(comp: Compressor, texts: Iterable[str], size: int) -> Iterator[list[int]]:
+    """The documents' token ids joined into one stream (``STREAM_SEPARATOR`` between two
+    documents) and cut into consecutive windows of exactly ``size`` tokens; the last, shorter
+    piece is left out. Every token of the stream is in at most one window: a run of
+    ``len(windows)`` examples reads each once."""
+    if size < 2:
+        raise InvalidInputError(f"a text-stream window needs at least 2 tokens, got {size}")
+    separator = _text_ids(comp, STREAM_SEPARATOR)
+    buffer: list[int] = []
+    for index, text in enumerate(texts):
+        buffer += (separator if index else []) + _text_ids(comp, text)
+        while len(buffer) >= size:
+            yield buffer[:size]
+            buffer = buffer[size:]
+
+
 def continuation_example(
     comp: Compressor,
     text: str | Sequence[int],
     *,
     min_tokens: int = 510,
     max_tokens: int = 2040,
+    context_fraction: float = 0.5,
+    eos: bool = True,
 ) -> TrainExample | None:
-    """First half compressed, second half + EOS predicted; None if outside the length filter.
-    ``text`` is a string or its token ids (a window of a longer document)."""
+    """The first ``context_fraction`` of the tokens compressed (half by default, the paper's),
+    the rest (+ EOS, unless ``eos=False``: a window cut from a stream does not end there)
+    predicted; None if outside the length filter. ``text`` is a string or its token ids (a
+    window of a longer document). Both parts keep at least one token."""
+    if not 0 < context_fraction < 1:
+        raise InvalidInputError(f"context_fraction must be in (0, 1), got {context_fraction}")
     ids = _text_ids(comp, text) if isinstance(text, str) else list(text)
     if not min_tokens <= len(ids) <= max_tokens or len(ids) < 2:
         return None
-    half = len(ids) // 2
+    split = min(max(1, int(len(ids) * context_fraction)), len(ids) - 1)  # 0.5: len // 2
     return TrainExample(
-        context_ids=tuple(comp.context_prefix_ids() + ids[:half]),
+        context_ids=tuple(comp.context_prefix_ids() + ids[:split]),
         prompt_ids=(),
-        target_ids=(*ids[half:], _eos(comp)),
+        target_ids=(*ids[split:], _eos(comp)) if eos else tuple(ids[split:]),
     )
 
 

@@ -111,7 +111,7 @@ class Trainer:
         self.sources = [build_examples(comp, s, config) for s in config.data]
         self.sampler = MixtureSampler(
             [len(s.examples) for s in self.sources],
-            [s.source.weight for s in self.sources],
+            [s.weight for s in self.sources],
             self.loop.seed,
         )
         distill = config.distill
