@@ -487,7 +487,7 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     # sac_best_dense starts from it; every other stage 1 is the shared 100-step one.
     dense = bench.stage_config("sac_dense", "screen_4x", 1, args, tmp_path)
     plain = bench.stage_config("sac", "screen_4x", 1, args, tmp_path)
-    assert (dense.train.steps, plain.train.steps) == (2000, 100)
+    assert (dense.train.steps, plain.train.steps) == (1000, 100)
     assert dense.train.text_stream and not dense.train.document_windows
     assert not plain.train.text_stream and plain.train.continuation_context_fraction == 0.5
     assert dense.train.continuation_max_tokens == 192
