@@ -59,7 +59,8 @@ def test_version():
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ([], ["--version", "compress", "generate", "demo"]),
+        ([], ["--version", "compress", "generate", "demo", "continuation"]),
+        (["continuation"], ["--data", "--windows", "--window", "--context-fraction", "--model"]),
         (["compress"], ["--output", "--text", "--method", "--model", "--base-model", "--ratio"]),
         (
             ["generate"],
@@ -319,3 +320,30 @@ def test_method_aliases_work_in_the_cli_as_in_build_compressor(tmp_path):
     assert result.exit_code == 0, result.output
     assert cc.CompressedContext.load(out).method == "500x"
     assert_user_error(invoke(*args[:4], "nope", *args[5:]), "unknown method 'nope'")
+
+
+def test_continuation_scores_a_compressor_beside_the_frozen_baselines(tmp_path):
+    """``ctxcompress continuation``: the compressor's continuation NLL and the frozen model's
+    full context / head / tail truncation on the same windows, each paired with the first
+    row; the full context's row equals evaluation.continuation_nll on those windows."""
+    from ctxcompress.evaluation import continuation_nll, continuation_windows
+    from ctxcompress.testing import tiny_model
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.txt").write_text(f"Note {i}: " + " ".join(f"v{i}z{j}" for j in range(40)))
+    args = ["--data", f"text:{folder}", "--base-model", "tiny", "--method", "sac", "-r", "2"]
+    result = invoke("continuation", *args, "--windows", "3", "--window", "32")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    labels = [row.split(" | ")[0].strip("| ") for row in rows]
+    assert labels == ["sac@2x", "full_context", "head_truncation@2x", "tail_truncation@2x"]
+    assert "+0.000 [+0.000, +0.000]" in rows[0]  # the first row against itself
+    full = cc.build_compressor("full_context", tiny_model())
+    texts = [d.text for d in cc.data.load_texts(f"text:{folder}")]
+    windows = continuation_windows(full, texts, size=32, limit=3, context_fraction=0.75)
+    assert f"{continuation_nll(full, windows).mean:.3f}" in rows[1]
+    alone = invoke("continuation", *args, "--windows", "3", "--window", "32", "--no-baselines")
+    assert alone.exit_code == 0 and "full_context" not in alone.stdout
+    assert_user_error(invoke("continuation", *args, "--window", "4000"), "no window of 4000")

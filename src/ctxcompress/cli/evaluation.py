@@ -152,6 +152,103 @@ def eval_command(
 
 @app.command()
 @user_errors
+def continuation(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="Texts to read as one stream: squad:dev, hotpotqa:dev, text:PATH, ..."
+        ),
+    ],
+    model: ModelOpt = None,
+    base_model: BaseModelOpt = None,
+    method: Annotated[
+        str, typer.Option(help="Method for a fresh compressor or hard baseline (no --model).")
+    ] = "truncation",
+    ratio: RatioOpt = None,
+    options: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
+    ] = None,
+    data_options: Annotated[
+        list[str] | None,
+        typer.Option("--data-set", help="Data loader option, key=value."),
+    ] = None,
+    windows: Annotated[int, typer.Option(min=1, help="Score the stream's first N windows.")] = 200,
+    window: Annotated[int, typer.Option(min=4, help="Tokens per window.")] = 192,
+    context_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.99, help="The compressed share of each window.")
+    ] = 0.75,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also score the frozen base model on the same windows: the full context and "
+            "head / tail truncation at the compressor's ratio, paired."
+        ),
+    ] = True,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Continuation NLL: how well a compressed context predicts the text that follows it.
+
+    The texts are joined into one token stream and cut into windows; the first
+    --context-fraction of each is compressed, and the score is the mean negative
+    log-likelihood (nats per token, lower is better) of the rest after its first token — the
+    dense signal of continuation pretraining (ctxcompress.evaluation.continuation). With
+    --baselines the table pairs it with what the frozen model scores reading the whole window
+    and its head or tail cut to the same budget.
+    """
+    from .. import build_compressor
+    from ..data import load_texts
+    from ..evaluation import continuation_nll, continuation_windows, paired_nll_difference
+    from ..models import BaseModel
+
+    texts = [d.text for d in load_texts(data, **parse_options(data_options))]
+    comp, _fresh = get_compressor(
+        model=model,
+        base_model=base_model,
+        method=method,
+        ratio=ratio,
+        dtype=dtype,
+        device=device,
+        options=parse_options(options),
+    )
+    ratio_used = comp.config.ratio
+
+    def score(system, label):
+        items = continuation_windows(
+            system, texts, size=window, limit=windows, context_fraction=context_fraction
+        )
+        return continuation_nll(system, items, batch_size=batch_size, label=label)
+
+    scores = [score(comp, f"{comp.method}@{ratio_used}x")]
+    if baselines:
+        # The same frozen model object: a hard baseline runs it with every adapter off.
+        base = BaseModel(comp.lm, comp.tokenizer, comp.base_source)
+        scores.append(score(build_compressor("full_context", base), "full_context"))
+        for mode in ("head", "tail"):
+            truncation = build_compressor(
+                "truncation", base, ratio=ratio_used, truncation=mode, prefix_in_budget=True
+            )
+            scores.append(score(truncation, f"{mode}_truncation@{ratio_used}x"))
+    lines = [
+        f"{len(scores[0].window_nll)} windows of {window} tokens of {data}, the first "
+        f"{context_fraction:g} compressed; continuation NLL in nats per token (lower is better)",
+        "",
+        "| system | NLL [95% CI] | minus the first row [paired 95% CI] |",
+        "|---|---|---|",
+    ]
+    for item in scores:
+        ci, diff = item.interval(), paired_nll_difference(item, scores[0])
+        lines.append(
+            f"| {item.label} | {item.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}] | "
+            f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] |"
+        )
+    console.print("\n".join(lines))
+
+
+@app.command()
+@user_errors
 def report(
     results: Annotated[
         list[Path], typer.Argument(help="Evaluation JSON files (ctxcompress eval --out).")
