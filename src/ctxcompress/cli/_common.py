@@ -149,6 +149,17 @@ RatioOpt = Annotated[
     int | None,
     typer.Option("--ratio", "-r", help="Compression ratio r of a fresh compressor (default 4)."),
 ]
+EvalMethodOpt = Annotated[
+    str, typer.Option(help="Method for a fresh compressor or hard baseline (no --model).")
+]
+MethodOptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
+]
+DataOptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--data-set", help="Data loader option, key=value (e.g. num_distractors=9)."),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object instead of tables.")
 ]

@@ -11,8 +11,11 @@ from ..errors import InvalidInputError
 from ..quantization import check_scheme
 from ._common import (
     BaseModelOpt,
+    DataOptionsOpt,
     DeviceOpt,
     DtypeOpt,
+    EvalMethodOpt,
+    MethodOptionsOpt,
     ModelOpt,
     RatioOpt,
     app,
@@ -64,18 +67,10 @@ def eval_command(
     ],
     model: ModelOpt = None,
     base_model: BaseModelOpt = None,
-    method: Annotated[
-        str, typer.Option(help="Method for a fresh compressor or hard baseline (no --model).")
-    ] = "truncation",
+    method: EvalMethodOpt = "truncation",
     ratio: RatioOpt = None,
-    options: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
-    ] = None,
-    data_options: Annotated[
-        list[str] | None,
-        typer.Option("--data-set", help="Data loader option, key=value (e.g. num_distractors=9)."),
-    ] = None,
+    options: MethodOptionsOpt = None,
+    data_options: DataOptionsOpt = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -161,18 +156,10 @@ def continuation(
     ],
     model: ModelOpt = None,
     base_model: BaseModelOpt = None,
-    method: Annotated[
-        str, typer.Option(help="Method for a fresh compressor or hard baseline (no --model).")
-    ] = "truncation",
+    method: EvalMethodOpt = "truncation",
     ratio: RatioOpt = None,
-    options: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
-    ] = None,
-    data_options: Annotated[
-        list[str] | None,
-        typer.Option("--data-set", help="Data loader option, key=value."),
-    ] = None,
+    options: MethodOptionsOpt = None,
+    data_options: DataOptionsOpt = None,
     windows: Annotated[int, typer.Option(min=1, help="Score the stream's first N windows.")] = 200,
     window: Annotated[int, typer.Option(min=4, help="Tokens per window.")] = 192,
     context_fraction: Annotated[

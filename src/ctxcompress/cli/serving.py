@@ -18,6 +18,7 @@ from ._common import (
     DtypeOpt,
     JsonOpt,
     MethodOpt,
+    MethodOptionsOpt,
     ModelOpt,
     RatioOpt,
     app,
@@ -47,10 +48,7 @@ def serve(
     base_model: BaseModelOpt = None,
     method: MethodOpt = "sac",
     ratio: RatioOpt = None,
-    options: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Method option for a fresh compressor, key=value (repeat)."),
-    ] = None,
+    options: MethodOptionsOpt = None,
     host: Annotated[
         str,
         typer.Option(help="Interface to bind. The default serves this machine only."),
