@@ -517,6 +517,18 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     assert "zs_full_context" in bench.own_systems("screen_4x")
     assert bench.teachers("screen_4x") == set()
     assert configs["trained_truncation_decoder"].method_options["decoder_lora_rank"] == 32
+    # PIC against ICAE at 16x: the headline's recipe with a decoder adapter, distilled from
+    # the headline's committed 16x teacher; the 4x setting has neither.
+    assert bench.systems_of("multi_16x", args) == ["pic_decoder", "icae_decoder"]
+    assert "pic_decoder" not in bench.own_systems("screen_4x")
+    assert bench.teachers("multi_16x") == {"trained_full"}
+    kept = ROOT / "benchmarks/headline/teachers/multi_16x/trained_full"
+    assert (kept / "ctxcompress.json").is_file()
+    for system in ("pic_decoder", "icae_decoder"):
+        two = bench.stage_config(system, "multi_16x", 2, args, tmp_path)
+        assert two.method == system.split("_")[0] and two.method_options["ratio"] == 16
+        assert two.method_options["decoder_lora_rank"] == 32 and two.train.mixed_precision == "bf16"
+        assert two.distill.teacher == str(kept) and two.train.steps == 400
 
 
 def test_a_dense_stage_1_curve_resumes_and_reports_against_the_frozen_baselines(
