@@ -360,20 +360,20 @@ class Benchmark:
         ``dense_baselines.json``)."""
         path = out / "dense_baselines.json"
         done = load_json(path, {})
-        base, ratio = cc.load_base_model(), self.settings[setting]["ratio"]
-        systems = {
-            "full_context": lambda: cc.build_compressor("full_context", base),
+        ratio = self.settings[setting]["ratio"]
+        builders = {
+            "full_context": lambda base: cc.build_compressor("full_context", base),
             **{
-                f"{mode}_truncation@{ratio}x": lambda mode=mode: cc.build_compressor(
+                f"{mode}_truncation@{ratio}x": lambda base, mode=mode: cc.build_compressor(
                     "truncation", base, ratio=ratio, truncation=mode, prefix_in_budget=True
                 )
                 for mode in ("head", "tail")
             },
         }
-        for label, build in systems.items():
-            if label in done:
-                continue
-            comp = build()
+        missing = [label for label in builders if label not in done]
+        base = cc.load_base_model() if missing else None
+        for label in missing:
+            comp = builders[label](base)
             score = continuation_nll(comp, self.dense_windows(comp, setting), label=label)
             done[label] = {"nll": score.mean, "window_nll": list(score.window_nll)}
             write_json(path, done)
