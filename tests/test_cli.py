@@ -340,6 +340,8 @@ def test_continuation_scores_a_compressor_beside_the_frozen_baselines(tmp_path):
     labels = [row.split(" | ")[0].strip("| ") for row in rows]
     assert labels == ["sac@2x", "full_context", "head_truncation@2x", "tail_truncation@2x"]
     assert "+0.000 [+0.000, +0.000]" in rows[0]  # the first row against itself
+    assert "[paired 95% CI]" in result.stdout  # printed as text, not read as rich markup
+    assert "the texts hold only" not in result.stdout
     full = cc.build_compressor("full_context", tiny_model())
     texts = [d.text for d in cc.data.load_texts(f"text:{folder}")]
     windows = continuation_windows(full, texts, size=32, limit=3, context_fraction=0.75)
@@ -347,3 +349,5 @@ def test_continuation_scores_a_compressor_beside_the_frozen_baselines(tmp_path):
     alone = invoke("continuation", *args, "--windows", "3", "--window", "32", "--no-baselines")
     assert alone.exit_code == 0 and "full_context" not in alone.stdout
     assert_user_error(invoke("continuation", *args, "--window", "4000"), "no window of 4000")
+    few = invoke("continuation", *args, "--windows", "500", "--window", "32", "--no-baselines")
+    assert few.exit_code == 0 and "the texts hold only" in few.stdout

@@ -218,8 +218,10 @@ def continuation(
                 "truncation", base, ratio=ratio_used, truncation=mode, prefix_in_budget=True
             )
             scores.append(score(truncation, f"{mode}_truncation@{ratio_used}x"))
+    found = len(scores[0].window_nll)
+    fewer = f" (the texts hold only {found} of the {windows} asked for)" if found < windows else ""
     lines = [
-        f"{len(scores[0].window_nll)} windows of {window} tokens of {data}, the first "
+        f"{found} windows of {window} tokens of {data}{fewer}, the first "
         f"{context_fraction:g} compressed; continuation NLL in nats per token (lower is better)",
         "",
         "| system | NLL [95% CI] | minus the first row [paired 95% CI] |",
@@ -231,7 +233,8 @@ def continuation(
             f"| {item.label} | {item.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}] | "
             f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] |"
         )
-    console.print("\n".join(lines))
+    # Not rich markup: "[paired 95% CI]" would be read as a style tag.
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
