@@ -714,8 +714,15 @@ class Benchmark:
             spec, out = self.settings[setting], args.out / setting
             steps = self.steps(setting, args)
             parts.append(f"### Setting `{setting}`: {spec['description']}")
+            own = {
+                system: self.stage1_steps(system, setting, args)
+                for system in self.own_systems(setting)
+                if system in self.systems and "stage1" in self.systems[system]
+            }
+            others = "".join(f", {system}: {n} (its own recipe)" for system, n in own.items())
             parts.append(
-                f"Stage 1: {steps['stage1']} steps; stage 2 (QA): {steps['stage2']} steps on "
+                f"Stage 1: {steps['stage1']} steps{others}; stage 2 (QA): {steps['stage2']} "
+                "steps on "
                 + ", ".join(f"`{d['source']}`" for d in spec["train"])
                 + f"; dev curve on `{spec['dev']['source']}` every {steps['curve_every']} steps."
             )
