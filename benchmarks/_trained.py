@@ -78,6 +78,7 @@ from ctxcompress.evaluation import (
     paired_nll_difference,
     replace_section,
 )
+from ctxcompress.evaluation.continuation import frozen_baseline_labels, frozen_baselines
 from ctxcompress.evaluation.report import LABELS, depth_key, depth_table
 from ctxcompress.evaluation.significance import paired_ratio
 from ctxcompress.prompts import chat_prompt_options
@@ -361,19 +362,11 @@ class Benchmark:
         path = out / "dense_baselines.json"
         done = load_json(path, {})
         ratio = self.settings[setting]["ratio"]
-        builders = {
-            "full_context": lambda base: cc.build_compressor("full_context", base),
-            **{
-                f"{mode}_truncation@{ratio}x": lambda base, mode=mode: cc.build_compressor(
-                    "truncation", base, ratio=ratio, truncation=mode, prefix_in_budget=True
-                )
-                for mode in ("head", "tail")
-            },
-        }
-        missing = [label for label in builders if label not in done]
-        base = cc.load_base_model() if missing else None
-        for label in missing:
-            comp = builders[label](base)
+        if all(label in done for label in frozen_baseline_labels(ratio)):
+            return done
+        for label, comp in frozen_baselines(cc.load_base_model(), ratio).items():
+            if label in done:
+                continue
             score = continuation_nll(comp, self.dense_windows(comp, setting), label=label)
             done[label] = {"nll": score.mean, "window_nll": list(score.window_nll)}
             write_json(path, done)

@@ -185,9 +185,9 @@ def continuation(
     --baselines the table pairs it with what the frozen model scores reading the whole window
     and its head or tail cut to the same budget.
     """
-    from .. import build_compressor
     from ..data import load_texts
     from ..evaluation import continuation_nll, continuation_windows, paired_nll_difference
+    from ..evaluation.continuation import frozen_baselines
     from ..models import BaseModel
 
     texts = [d.text for d in load_texts(data, **parse_options(data_options))]
@@ -212,12 +212,9 @@ def continuation(
     if baselines:
         # The same frozen model object: a hard baseline runs it with every adapter off.
         base = BaseModel(comp.lm, comp.tokenizer, comp.base_source)
-        scores.append(score(build_compressor("full_context", base), "full_context"))
-        for mode in ("head", "tail"):
-            truncation = build_compressor(
-                "truncation", base, ratio=ratio_used, truncation=mode, prefix_in_budget=True
-            )
-            scores.append(score(truncation, f"{mode}_truncation@{ratio_used}x"))
+        scores += [
+            score(system, label) for label, system in frozen_baselines(base, ratio_used).items()
+        ]
     found = len(scores[0].window_nll)
     fewer = f" (the texts hold only {found} of the {windows} asked for)" if found < windows else ""
     lines = [

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidInputError
-from ..methods import Compressor
+from ..methods import Compressor, build_compressor
+from ..models import BaseModel
 from ..training.objectives import TrainExample, continuation_example, text_stream_windows
 from .significance import Interval, interval_of
 
@@ -107,6 +108,27 @@ def continuation_nll(
     finally:
         comp.train(was_training)
     return ContinuationScore(label or comp.method, tuple(scores))
+
+
+TRUNCATIONS = ("head", "tail")
+"""The truncations a compressor's continuation NLL is compared with (at its budget)."""
+
+
+def frozen_baseline_labels(ratio: int) -> list[str]:
+    """The rows :func:`frozen_baselines` gives, in order."""
+    return ["full_context", *(f"{mode}_truncation@{ratio}x" for mode in TRUNCATIONS)]
+
+
+def frozen_baselines(base: BaseModel, ratio: int) -> dict[str, Compressor]:
+    """The frozen model reading the whole window, and its head / tail truncated to the
+    budget of ``ratio`` (the prefix counted in it: the same entries as a compressor keeps)."""
+    full, *truncations = frozen_baseline_labels(ratio)
+    out = {full: build_compressor("full_context", base)}
+    for label, mode in zip(truncations, TRUNCATIONS, strict=True):
+        out[label] = build_compressor(
+            "truncation", base, ratio=ratio, truncation=mode, prefix_in_budget=True
+        )
+    return out
 
 
 def paired_nll_difference(score: ContinuationScore, reference: ContinuationScore) -> Interval:
