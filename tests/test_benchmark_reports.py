@@ -512,6 +512,7 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     assert levers_of(configs["sac_best"]) == {"selection": "surprisal", "decoder": 32, "ramp": 100}
     assert levers_of(configs["sac_importance_decoder"])["selection"] == "importance"
     assert levers_of(configs["sac_best_dense"]) == levers_of(configs["sac_best"])
+    assert levers_of(configs["sac_head_decoder"]) == {"selection": "head", "decoder": 32, "ramp": 0}
     # A setting without a systems list has every system, the zero-shot rows too: they have
     # no spec of their own and no teacher (regression: a KeyError after the first row).
     assert "zs_full_context" in bench.own_systems("screen_4x")

@@ -171,9 +171,9 @@ def test_top_scoring_offsets_are_increasing_the_budget_and_break_ties_by_positio
     assert top_scoring_offsets(scores, 10) == list(range(6))
 
 
-@pytest.mark.parametrize("selection", ["surprisal", "importance", "learned"])
+@pytest.mark.parametrize("selection", ["head", "surprisal", "importance", "learned"])
 @pytest.mark.parametrize("ratio,sink", [(1, 0), (2, 0), (3, 2), (5, 1)])
-def test_scored_anchors_keep_the_budget_in_order_at_their_positions(selection, ratio, sink):
+def test_chosen_anchors_keep_the_budget_in_order_at_their_positions(selection, ratio, sink):
     comp = make_sac(
         tiny_model(),
         ratio=ratio,
@@ -213,6 +213,43 @@ def test_scored_anchors_follow_the_scores():
     chosen = [q - comp.config.position_start for q in ctx.positions.tolist()]
     threshold = min(scores[chosen])
     assert all(scores[i] <= threshold for i in range(len(ids)) if i not in chosen)
+
+
+@pytest.mark.parametrize("sink", [0, 3])
+def test_head_anchors_read_causally_are_head_truncation(sink):
+    """anchor_selection="head" keeps each chunk's first tokens: with a causal encoder, no
+    anchor embedding and the adapter at its zero start, the compressed context is exactly
+    the entries head truncation keeps — the frozen model's own KV of the context's first
+    ``budget`` tokens at their positions (so training starts from trained truncation)."""
+    options = {"ratio": 4, "sink_tokens": sink, "anchor_embedding": "none"}
+    comp = make_sac(tiny_model(), anchor_selection="head", encoder_attention="causal", **options)
+    ids = comp.context_ids(TEXT)
+    (ctx,) = comp.compress_ids([ids])
+    budget = comp.compressed_length(len(ids))
+    start = comp.config.position_start
+    assert ctx.positions.tolist() == list(range(start, start + budget))
+    with torch.no_grad():
+        out = comp.lm(
+            input_ids=torch.tensor([ids]),
+            position_ids=torch.arange(start, start + len(ids))[None],
+            use_cache=True,
+        )
+    for layer, entries in enumerate(out.past_key_values.layers):
+        keys, values = entries.keys, entries.values
+        torch.testing.assert_close(ctx.keys[layer], keys[0, :, :budget], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ctx.values[layer], values[0, :, :budget], atol=1e-5, rtol=1e-4)
+
+
+def test_head_anchors_read_bidirectionally_carry_what_follows_them():
+    """With the default bidirectional encoder a head anchor's entries depend on the tokens
+    after it (the rest of its chunk): what lets them hold more than truncation does."""
+    comp = make_sac(tiny_model(), ratio=4, anchor_selection="head", anchor_embedding="none")
+    ids = comp.context_ids(TEXT)
+    changed = list(ids)
+    changed[-2] = (changed[-2] + 1) % comp.lm.config.vocab_size
+    (a,), (b,) = comp.compress_ids([ids]), comp.compress_ids([changed])
+    assert a.positions.tolist() == b.positions.tolist()
+    assert not torch.allclose(a.keys[-1], b.keys[-1])
 
 
 def test_the_learned_scorer_chooses_by_its_own_scores_outside_training():
@@ -273,7 +310,7 @@ def test_scored_anchors_cannot_grow_a_context():
 
 
 def test_an_unknown_selector_is_refused_naming_the_choices():
-    with pytest.raises(InvalidInputError, match="surprisal, importance, learned"):
+    with pytest.raises(InvalidInputError, match="head, surprisal, importance, learned"):
         make_sac(tiny_model(), anchor_selection="kvzap")
     with pytest.raises(InvalidInputError, match="anchor_scorer_target"):
         make_sac(tiny_model(), anchor_selection="learned", anchor_scorer_target="random")

@@ -12,8 +12,9 @@ Every choice the paper ablates is a switch: ``encoder_attention`` ("bidirectiona
 ``anchor_embedding`` ("per_slot" as in the released code | "shared" as in the paper | "none"),
 ``anchor_selection`` ("uniform" | "random"), and beyond the paper (issue 38, lever 1) anchors
 chosen by the frozen model's own scores ("surprisal" | "importance") or by a learned scorer
-that imitates one of them ("learned"; :mod:`.anchor_scores`): the same count per chunk (the
-budget), each at its original position.
+that imitates one of them ("learned"; :mod:`.anchor_scores`), or the chunk's first tokens
+("head": the tokens head truncation keeps, each reading the whole chunk): the same count per
+chunk (the budget), each at its original position.
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ class SACConfig(CompressorConfig):
 
     anchor_embedding: Literal["per_slot", "shared", "none"] = "per_slot"
     """One learned vector per anchor slot of a chunk (code), one shared vector (paper), or none."""
-    anchor_selection: Literal["uniform", "random", "surprisal", "importance", "learned"] = "uniform"
+    anchor_selection: Literal["uniform", "random", "head", "surprisal", "importance", "learned"] = (
+        "uniform"
+    )
     """Where a chunk's anchors sit (always as many as the segment centres, at their own
-    positions): the segment centres (default, the paper), random tokens (ablation), the tokens
-    the frozen model finds most surprising, those KVzip's context reconstruction attends to
-    most, or the top scores of a learned linear scorer on the frozen model's hidden states
-    (:mod:`.anchor_scores`; one extra frozen pass over the text, twice it for "importance")."""
+    positions): the segment centres (default, the paper), random tokens (ablation), the
+    chunk's first tokens after the sink ("head": with ``encoder_attention="causal"`` and the
+    adapter off, exactly the entries head truncation keeps; bidirectional, each can also carry
+    what follows it), the tokens the frozen model finds most surprising, those KVzip's context
+    reconstruction attends to most, or the top scores of a learned linear scorer on the frozen
+    model's hidden states (:mod:`.anchor_scores`; one extra frozen pass over the text, twice
+    it for "importance")."""
     anchor_scorer_target: Literal["importance", "surprisal"] = "importance"
     """``learned`` only: the signal the scorer learns to imitate. While training, anchors sit
     at this signal's top tokens (the compressor learns with good anchors from step 0) and the
@@ -152,6 +158,10 @@ class SACCompressor(Compressor):
         selection = self.config.anchor_selection
         if selection == "uniform":
             return sac_anchor_offsets(chunk_len, self.ratio, sink)
+        if selection == "head":
+            first = sink_count(chunk_len, self.ratio, sink) if sink else 0
+            count = len(sac_anchor_offsets(chunk_len, self.ratio, sink))
+            return list(range(first, first + count))
         if selection == "random":
             # Random anchors are seeded by the chunk's place, so a document gets the same
             # anchors whatever it is batched with.
