@@ -121,6 +121,61 @@ def test_sink_batched_equals_one_by_one(method):
                 torch.testing.assert_close(getattr(ctx, name), getattr(alone, name))
 
 
+@pytest.mark.parametrize("method", KV_METHODS)
+def test_a_repeated_sink_is_prefilled_once_outside_training(method, monkeypatch):
+    """Contexts that start with the same sink tokens (BOS + the context prefix: all of them)
+    reuse its frozen KV at inference — the same values as a fresh prefill — and get a fresh
+    one when the frozen weights in place change (another storage, a bfloat16 copy), in every
+    training step and with gradients on; the memo stays bounded."""
+    from ctxcompress.methods import base as base_module
+    from ctxcompress.training.precision import FrozenWeightsInLowPrecision
+
+    comp = build(method, sink_tokens=3)
+    randomize_trainables(comp)
+    prefilled = []
+    original = comp._prefill_sinks
+
+    def counting(rows):
+        prefilled.append([tuple(r) for r in rows])
+        return original(rows)
+
+    monkeypatch.setattr(comp, "_prefill_sinks", counting)
+    docs = [long_ids(comp, n) for n in (20, 37)]
+    assert docs[0][:3] == docs[1][:3]
+    first = comp.compress_ids(docs)
+    again = comp.compress_ids(docs[::-1])
+    assert prefilled == [[tuple(docs[0][:3])]]  # one row, once
+    torch.testing.assert_close(again[1].keys, first[0].keys)
+    fresh = original([docs[0][:3]])[0]
+    torch.testing.assert_close(first[0].keys[:, :, :3], fresh[0])
+    # Other frozen weights in place (another storage): another key, a fresh prefill.
+    weight = comp._frozen_linear_weight()
+    kept = weight.data
+    weight.data = kept.clone()
+    comp.compress_ids(docs[:1])
+    assert len(prefilled) == 2
+    weight.data = kept
+    comp.compress_ids(docs[:1])  # the first weights are back: their entry is still good
+    assert len(prefilled) == 2
+    # bfloat16 steps (a low-precision copy under autocast) and training never reuse one.
+    low = FrozenWeightsInLowPrecision([comp.lm], comp.trainable_parameters().values())
+    with low.active(), torch.autocast("cpu", dtype=torch.bfloat16):
+        comp.compress_ids(docs[:1])
+    assert len(prefilled) == 3
+    comp.train()  # what a training step runs
+    comp.encode_ids(docs[:1])
+    comp.encode_ids(docs[:1])
+    assert len(prefilled) == 5
+    comp.eval()  # with gradients on (a caller differentiating through it): fresh as well
+    comp.encode_ids(docs[:1])
+    assert len(prefilled) == 6
+    comp.eval()
+    monkeypatch.setattr(base_module, "SINK_CACHE_SIZE", 2)
+    other = [[d[0], (d[1] + i) % 50 + 3, *d[2:]] for i, d in enumerate(docs * 2)]
+    comp.compress_ids(other)
+    assert len(comp._sink_cache) == 2
+
+
 def test_sink_tokens_larger_than_the_budget_is_a_clear_error():
     with pytest.raises(InvalidInputError, match="sink_tokens=4 leaves nothing"):
         build("sac", sink_tokens=4)  # a 16-token chunk keeps 4 entries at ratio 4

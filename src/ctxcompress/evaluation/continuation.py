@@ -87,26 +87,21 @@ def continuation_nll(
     if not windows:
         raise InvalidInputError("no windows to score")
     scores: list[float] = []
-    was_training = comp.training
-    comp.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(windows), batch_size):
-                batch = windows[start : start + batch_size]
-                out = comp.target_logits(
-                    [w.context_ids for w in batch],
-                    [w.target_ids[:1] for w in batch],
-                    [w.target_ids[1:] for w in batch],
-                    ["lm"] * len(batch),
-                )
-                nll = torch.nn.functional.cross_entropy(out.logits, out.labels, reduction="none")
-                sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(
-                    0, out.rows.cpu(), nll.double().cpu()
-                )
-                counts = torch.bincount(out.rows.cpu(), minlength=len(batch))
-                scores += (sums / counts).tolist()
-    finally:
-        comp.train(was_training)
+    with comp.inference():
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start : start + batch_size]
+            out = comp.target_logits(
+                [w.context_ids for w in batch],
+                [w.target_ids[:1] for w in batch],
+                [w.target_ids[1:] for w in batch],
+                ["lm"] * len(batch),
+            )
+            nll = torch.nn.functional.cross_entropy(out.logits, out.labels, reduction="none")
+            sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(
+                0, out.rows.cpu(), nll.double().cpu()
+            )
+            counts = torch.bincount(out.rows.cpu(), minlength=len(batch))
+            scores += (sums / counts).tolist()
     return ContinuationScore(label or comp.method, tuple(scores))
 
 

@@ -64,13 +64,8 @@ def extend_ids(
     ids = (tail if open_tail else []) + new_ids
     comp._check_length(start + len(ids))
     ratio = int(ctx.meta.get("ratio", comp.config.ratio))
-    was_training = comp.training
-    comp.eval()
-    try:
-        with torch.inference_mode(), comp.at_ratio(ratio):
-            (grown,) = comp.encode_ids([ids], starts=[start])
-    finally:
-        comp.train(was_training)
+    with comp.inference(), comp.at_ratio(ratio):
+        (grown,) = comp.encode_ids([ids], starts=[start])
     keep = ctx.positions.cpu() < start + comp.config.position_start
     on_device = keep.to(ctx.keys.device)
     keys = torch.cat([ctx.keys[:, :, on_device].to(grown.keys), grown.keys], dim=2)
