@@ -120,3 +120,17 @@ def test_bench_measures_a_trained_compressor_with_its_own_method_and_ratio(tmp_p
         refused = CliRunner().invoke(app, ["bench", "--compressor", str(folder), *extra])
         assert refused.exit_code != 0
         assert "drop --method, --ratios and --base-model" in refused.output
+
+
+def test_interleaved_timing_runs_in_turns_and_compares_within_a_round():
+    """Each function runs once per round in a rotating order (a drifting machine slows them
+    alike); a ratio is the median of per-round ratios."""
+    from ctxcompress.bench.speed import interleaved_seconds, round_ratio
+
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = interleaved_seconds(fns, repeats=3, warmup=1)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    drifting = {"x": [2.0, 20.0, 4.0], "y": [1.0, 10.0, 1.0]}  # the machine slowed 10x
+    assert round_ratio(drifting, "x", "y") == 2.0

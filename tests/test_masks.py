@@ -36,6 +36,37 @@ def test_bidirectional_and_causal_chunk_masks():
     )
 
 
+def test_packed_chunks_see_only_themselves():
+    """Two chunks packed in one row (3 + 2 tokens) and a pad: block-diagonal, as if each
+    had a row of its own; the pad query keeps real keys so that its row is not empty."""
+    valid = torch.tensor([[True] * 5 + [False]])
+    segments = torch.tensor([[0, 0, 0, 1, 1, -1]])
+    bi = padded_chunk_mask(valid, "bidirectional", segments)[0, 0]
+    assert torch.equal(
+        bi,
+        grid("""
+        x x x . . .
+        x x x . . .
+        x x x . . .
+        . . . x x .
+        . . . x x .
+        x x x x x .
+    """),
+    )
+    causal = padded_chunk_mask(valid, "causal", segments)[0, 0]
+    assert torch.equal(
+        causal,
+        grid("""
+        x . . . . .
+        x x . . . .
+        x x x . . .
+        . . . x . .
+        . . . x x .
+        x x x x x .
+    """),
+    )
+
+
 # One PIC row: chunk 0 = 2 context + 1 memory, chunk 1 = 2 context + 1 memory, 1 pad.
 CHUNK = torch.tensor([[0, 0, 0, 1, 1, 1, -1]])
 MEMORY = torch.tensor([[False, False, True, False, False, True, False]])

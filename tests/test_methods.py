@@ -249,7 +249,10 @@ def test_merged_encoder_gives_the_lora_result(method):
         for p in comp.trainable_parameters().values():
             p.mul_(1.5)
     updated = comp.compress(texts[0])
+    comp.merge_encoder(False, keep_copies=True)  # off, copies kept for a later switch back
+    assert comp._merged_cache is not None
     comp.merge_encoder(False)
+    assert comp._merged_cache is None  # off: the copies' memory is freed
     for x, y in zip(tensors(updated), tensors(comp.compress(texts[0])), strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
     # Training (grad enabled) always runs the LoRA path, so gradients reach the adapters.

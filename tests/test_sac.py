@@ -227,3 +227,37 @@ def test_decoder_is_the_base_model_with_the_adapter_off(tiny):
     assert not torch.allclose(ctx.keys[1], plain.keys[1])
     # The encoder adapter does not leak into the decoder: no shared cache object remains.
     assert isinstance(ctx.to_dynamic_cache(), DynamicCache)
+
+
+def test_short_chunks_ride_in_a_row_with_room():
+    from ctxcompress.methods.encoding import packed_rows
+
+    assert packed_rows([20, 4], 25, 5) == [[0, 1]]
+    assert packed_rows([20, 6, 4, 3], 25, 5) == [[0, 2], [1, 3]]  # 6 is not short: own row
+    assert packed_rows([24, 4], 25, 5) == [[0], [1]]  # no room: a row of its own
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_a_short_chunk_packed_behind_another_gives_the_same_kv(attention, monkeypatch):
+    """A short remainder chunk (24 = 20 + 4 tokens, 43 = 20 + 20 + 3) is packed behind a
+    full chunk: one forward pass, each chunk seeing only itself — the same anchors' KV as
+    encoding every chunk in a row of its own."""
+    from ctxcompress.methods import sac
+
+    comp = make_sac(tiny_model(), ratio=4, chunk_size=20, encoder_attention=attention)
+    randomize_trainables(comp)
+    docs = [comp.context_ids(TEXT)[:24], comp.context_ids(TEXT)[:43]]
+    passes = []
+    encode = comp._encode_rows
+    monkeypatch.setattr(comp, "_encode_rows", lambda rows: passes.append(rows) or encode(rows))
+    packed = comp.compress_ids(docs)
+    assert len(passes) == 1
+    assert sorted(len(c.ids) for row in passes[0] for c in row) == [3, 4, 20, 20, 20]
+    assert max(len(row) for row in passes[0]) == 2
+    monkeypatch.setattr(sac, "packed_rows", lambda lengths, *_: [[i] for i in range(len(lengths))])
+    alone = comp.compress_ids(docs)
+    assert len(passes) > 2  # the short chunks now in batches of their own
+    for a, b in zip(packed, alone, strict=True):
+        assert a.positions.tolist() == b.positions.tolist()
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-4)

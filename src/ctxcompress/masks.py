@@ -62,17 +62,27 @@ ContextVisibility = Literal["causal", "chunk"]
 MemoryCarry = Literal["own", "all"]
 
 
-def padded_chunk_mask(valid: torch.Tensor, mode: EncoderAttention) -> torch.Tensor:
+def padded_chunk_mask(
+    valid: torch.Tensor, mode: EncoderAttention, segments: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean ``[B, 1, T, T]`` mask for independently encoded, right-padded chunks.
 
     Args:
         valid: ``[B, T]`` boolean, ``True`` for real tokens (right padding).
         mode: ``"bidirectional"`` (all real tokens of the chunk visible) or ``"causal"``.
+        segments: ``[B, T]`` integers when a row packs several chunks one after another:
+            the chunk each token belongs to. A token then sees only its own chunk's tokens,
+            exactly as if that chunk had a row of its own (default: one chunk per row).
     """
     if valid.dim() != 2:
         raise ValueError("valid must be [batch, length]")
     batch, length = valid.shape
     allowed = valid[:, None, None, :].expand(batch, 1, length, length)
+    if segments is not None:
+        if segments.shape != valid.shape:
+            raise ValueError("segments must have the shape of valid")
+        same = segments[:, None, :, None] == segments[:, None, None, :]
+        allowed = allowed & (same | ~valid[:, None, :, None])
     if mode == "causal":
         causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
         # A padded query row keeps all real keys visible so that no row is empty.

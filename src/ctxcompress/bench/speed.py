@@ -6,7 +6,9 @@ For each context length L and ratio r (one method, default SAC) it measures, as 
 - **compression**: compressing L tokens vs a plain prefill of the same L tokens (the frozen
   model's KV cache of the full context, no LM head), as a time ratio and tokens/s; for a
   method with LoRA also with the merged-LoRA encoder (:meth:`Compressor.merge_encoder`) and
-  the memory its weight copies take;
+  the memory its weight copies take. These are timed in turns (:func:`interleaved_seconds`)
+  and their ratios are medians of per-round ratios, so a shared machine's drifting speed
+  does not pass for a difference between them;
 - **answering**: time to first token and decode tokens/s against the compressed context, vs
   the full context, vs a plain prompt of the compressed length (the frozen model's KV of the
   first C tokens: the physical limit of answering from C entries), same decoding loop;
@@ -100,6 +102,36 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_seconds(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Wall times of each of ``fns`` over ``repeats`` rounds after ``warmup`` rounds, run in
+    turns — one call of each per round, the order rotating — so that a machine whose speed
+    drifts (a shared host) slows them alike and the ratios of one round compare like with
+    like (:func:`round_ratio`)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize()
+            start = time.perf_counter()
+            fns[name]()
+            synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def round_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """The median over rounds of one round's ``numerator`` time over its ``denominator``."""
+    return statistics.median(
+        a / b for a, b in zip(times[numerator], times[denominator], strict=True)
+    )
+
+
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
     """Peak CUDA memory allocated while ``fn()`` runs (None on the CPU)."""
     if device.type != "cuda":
@@ -147,19 +179,31 @@ def _answer_timings(comp: Compressor, ctx: CompressedContext, s: BenchSettings) 
     }
 
 
+def _merged_compress(comp: Compressor, ids: list[int]) -> None:
+    """One compression with the merged-LoRA encoder (its copies kept between calls)."""
+    comp.merge_encoder(True)
+    try:
+        comp.compress_ids([ids])
+    finally:
+        comp.merge_encoder(False, keep_copies=True)
+
+
 def bench_one(
     base: BaseModel, comp: Compressor, plain: Compressor, length: int, s: BenchSettings
 ) -> dict[str, Any]:
     """All measurements for one (L, r)."""
     ids = document_ids(base, length)
     with torch.inference_mode():
-        compress_s = median_seconds(lambda: comp.compress_ids([ids]), s.repeats, s.warmup)
-        prefill_s = median_seconds(lambda: plain.compress_ids([ids]), s.repeats, s.warmup)
-        merged_s = None
+        timed = {
+            "compress": lambda: comp.compress_ids([ids]),
+            "prefill": lambda: plain.compress_ids([ids]),
+        }
         if comp.merged_encoder_bytes:
-            comp.merge_encoder(True)
-            merged_s = median_seconds(lambda: comp.compress_ids([ids]), s.repeats, s.warmup)
-            comp.merge_encoder(False)
+            timed["merged"] = lambda: _merged_compress(comp, ids)
+        times = interleaved_seconds(timed, s.repeats, s.warmup)
+        comp.merge_encoder(False)
+        compress_s, prefill_s = (statistics.median(times[k]) for k in ("compress", "prefill"))
+        merged_s = statistics.median(times["merged"]) if "merged" in times else None
         compress_peak = peak_memory_bytes(lambda: comp.compress_ids([ids]), comp.device)
         prefill_peak = peak_memory_bytes(lambda: plain.compress_ids([ids]), comp.device)
         (ctx,) = comp.compress_ids([ids])
@@ -181,9 +225,9 @@ def bench_one(
         "C": c,
         "compress_s": compress_s,
         "prefill_s": prefill_s,
-        "compress_vs_prefill": compress_s / prefill_s,
+        "compress_vs_prefill": round_ratio(times, "compress", "prefill"),
         "compress_merged_s": merged_s,
-        "compress_merged_vs_prefill": merged_s / prefill_s if merged_s else None,
+        "compress_merged_vs_prefill": round_ratio(times, "merged", "prefill") if merged_s else None,
         "merged_extra_bytes": comp.merged_encoder_bytes,
         "compress_peak_bytes": compress_peak,
         "prefill_peak_bytes": prefill_peak,

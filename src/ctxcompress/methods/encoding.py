@@ -46,6 +46,35 @@ def encode_in_length_batches(
     return results
 
 
+def packed_rows(lengths: Sequence[int], capacity: int, short: int) -> list[list[int]]:
+    """Which items share a row: each item shorter than ``short`` rides along in the first
+    row (longest items first) with room for it within ``capacity`` tokens; every other
+    item has a row of its own. Returns each row's item indices, in row order.
+
+    A separate forward pass costs a fixed overhead whatever its length (a whole pass of the
+    model's layers on a 2-token remainder chunk, e.g. 512 = 510 + 2): packed into another
+    chunk's row behind a block-diagonal mask (:func:`~ctxcompress.masks.padded_chunk_mask`
+    ``segments``) it costs only its own tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in order:
+        if lengths[i] < short:
+            for r, total in enumerate(used):
+                if total + lengths[i] <= capacity:
+                    rows[r].append(i)
+                    used[r] += lengths[i]
+                    break
+            else:
+                rows.append([i])
+                used.append(lengths[i])
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    return rows
+
+
 def right_padded(rows: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows as one right-padded ``[B, width]`` id tensor and its 0/1 validity mask."""
     width = max(len(r) for r in rows)

@@ -12,6 +12,7 @@ LoRA layers in place).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -136,7 +137,7 @@ class EncoderAdapterMixin:
         else:
             yield
 
-    def merge_encoder(self, enabled: bool = True) -> None:
+    def merge_encoder(self, enabled: bool = True, *, keep_copies: bool = False) -> None:
         """Inference option: run the encoder with the LoRA update folded into copies of the
         adapted weights (``W + s·BA``) instead of LoRA's extra low-rank matmuls per layer.
 
@@ -144,9 +145,11 @@ class EncoderAdapterMixin:
         with q/v adapters: 13.3 M values, 53 MB in float32). Used only under ``no_grad`` /
         ``inference_mode`` in eval mode; training always runs the LoRA path. The copies are
         rebuilt when a trainable tensor changes. Same result up to rounding in the model dtype.
+        Disabling frees the copies unless ``keep_copies`` (a benchmark switching back and
+        forth measures the merged encoder, not the copying).
         """
         self._merge_encoder = bool(enabled)
-        if not enabled:
+        if not enabled and not keep_copies:
             self._merged_cache = None
 
     @property
@@ -158,7 +161,7 @@ class EncoderAdapterMixin:
         return sum(w.numel() * w.element_size() for w in weights)
 
     def _merged_weights(self, layers: list[BaseTunerLayer]) -> list[nn.Parameter]:
-        versions = tuple(p._version for p in self.trainable_parameters().values())
+        versions = tuple(p._version for p, _ in lora_flags(layers))  # the LoRA weights
         if self._merged_cache is None or self._merged_cache[0] != versions:
             merged = []
             with torch.no_grad():
@@ -208,8 +211,21 @@ def only_adapter(model: nn.Module, name: str) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
+_ADAPTER_LAYERS: weakref.WeakKeyDictionary[nn.Module, list[BaseTunerLayer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def adapter_layers(model: nn.Module) -> list[BaseTunerLayer]:
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    """The (peft) adapter layers of ``model``. Found once per model that has any: adapters
+    are injected once, when a compressor is built (:func:`inject_lora`), and every switch
+    below needs them — walking SmolLM2's ~600 modules each time cost ~10 ms a compression."""
+    layers = _ADAPTER_LAYERS.get(model)
+    if layers is None:
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        if layers:
+            _ADAPTER_LAYERS[model] = layers
+    return layers
 
 
 @contextlib.contextmanager

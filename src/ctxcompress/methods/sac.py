@@ -42,7 +42,12 @@ from .anchor_scores import (
 )
 from .base import Compressor
 from .config import CompressorConfig
-from .encoding import encode_in_length_batches, gather_cache_entries, right_padded
+from .encoding import (
+    encode_in_length_batches,
+    gather_cache_entries,
+    packed_rows,
+    right_padded,
+)
 
 
 @dataclass
@@ -243,10 +248,19 @@ class SACCompressor(Compressor):
         starts = list(starts) if starts is not None else [0] * len(contexts)
         chunks = self._plan(contexts, starts)
         sinks = self.sink_kv([[] if s else ids for ids, s in zip(contexts, starts, strict=True)])
+        size = self.config.chunk_size
+        rows = packed_rows([len(c.ids) for c in chunks], size + size // 4, size // 4)
         with self.encoder_mode():
-            per_chunk = encode_in_length_batches(
-                chunks, self.config.encoder_batch_size, lambda c: len(c.ids), self._encode_chunks
+            per_row = encode_in_length_batches(
+                [[chunks[i] for i in row] for row in rows],
+                self.config.encoder_batch_size,
+                lambda row: sum(len(c.ids) for c in row),
+                self._encode_rows,
             )
+        per_chunk: list = [None] * len(chunks)
+        for row, pairs in zip(rows, per_row, strict=True):
+            for i, pair in zip(row, pairs, strict=True):
+                per_chunk[i] = pair
         out = []
         for doc, (ids, first) in enumerate(zip(contexts, starts, strict=True)):
             doc_chunks = [i for i, c in enumerate(chunks) if c.doc == doc]
@@ -265,23 +279,48 @@ class SACCompressor(Compressor):
             out.append(context)
         return out
 
-    def _encode_chunks(self, chunks: list[_Chunk]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One encoder pass over a batch of chunks; returns each chunk's anchor K and V."""
-        device, width = self.device, max(len(c.ids) for c in chunks)
-        ids, valid = right_padded([c.ids for c in chunks], self.tokenizer.pad_token_id or 0)
-        valid = valid.bool()
-        starts = torch.tensor([c.start for c in chunks])[:, None]
-        positions = starts + torch.arange(width)[None] + self.config.position_start
-        rows = torch.tensor([r for r, c in enumerate(chunks) for _ in c.anchors], device=device)
-        cols = torch.tensor([a for c in chunks for a in c.anchors], device=device)
-        slots = torch.tensor([s for c in chunks for s in range(len(c.anchors))], device=device)
-        ids, valid, positions = ids.to(device), valid.to(device), positions.to(device)
+    def _encode_rows(
+        self, rows: list[list[_Chunk]]
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One encoder pass over a batch of rows, each one chunk or several packed one after
+        another (each attending only to itself: the ``segments`` of the mask); returns each
+        chunk's anchor K and V, row by row."""
+        device = self.device
+        start = self.config.position_start
+        row_ids = [[t for c in row for t in c.ids] for row in rows]
+        ids, valid = right_padded(row_ids, self.tokenizer.pad_token_id or 0)
+        width = ids.shape[1]
+        positions = torch.empty(len(rows), width, dtype=torch.long)
+        segments = torch.zeros(len(rows), width, dtype=torch.long)
+        rows_at, cols, slots = [], [], []
+        for r, row in enumerate(rows):
+            at = 0
+            for segment, chunk in enumerate(row):
+                n = len(chunk.ids)
+                positions[r, at : at + n] = torch.arange(chunk.start, chunk.start + n) + start
+                segments[r, at : at + n] = segment
+                rows_at += [r] * len(chunk.anchors)
+                cols += [at + a for a in chunk.anchors]
+                slots += list(range(len(chunk.anchors)))
+                at += n
+            # Padding continues the last chunk's positions (a windowed layer then still
+            # finds real keys for it) and belongs to no chunk.
+            last = int(positions[r, at - 1])
+            positions[r, at:] = torch.arange(last + 1, last + 1 + width - at)
+            segments[r, at:] = -1
+        valid = valid.bool().to(device)
+        positions, segments = positions.to(device), segments.to(device)
+        rows_t = torch.tensor(rows_at, device=device)
+        cols_t = torch.tensor(cols, device=device)
+        slots_t = torch.tensor(slots, device=device)
 
-        embeds = self.lm.get_input_embeddings()(ids)
+        embeds = self.lm.get_input_embeddings()(ids.to(device))
         if self.anchor_embedding is not None:
-            marks = self.anchor_embedding[slots if len(self.anchor_embedding) > 1 else 0 * slots]
-            embeds = embeds.index_put((rows, cols), marks.to(embeds.dtype), accumulate=True)
-        allowed = padded_chunk_mask(valid, self.encoder_attention)
+            index = slots_t if len(self.anchor_embedding) > 1 else 0 * slots_t
+            marks = self.anchor_embedding[index]
+            embeds = embeds.index_put((rows_t, cols_t), marks.to(embeds.dtype), accumulate=True)
+        packed = any(len(row) > 1 for row in rows)
+        allowed = padded_chunk_mask(valid, self.encoder_attention, segments if packed else None)
         mask = attention_mask(self.lm.config, allowed, positions, positions, embeds.dtype)
         cache = new_cache(self.lm.config)
         self.backbone(
@@ -291,6 +330,11 @@ class SACCompressor(Compressor):
             **cache_kwargs(cache),
             use_cache=True,
         )
-        keys, values = gather_cache_entries(cache, rows, cols)  # [N, layers, heads, dim]
-        counts = [len(c.anchors) for c in chunks]
-        return list(zip(keys.split(counts), values.split(counts), strict=True))
+        keys, values = gather_cache_entries(cache, rows_t, cols_t)  # [N, layers, heads, dim]
+        counts = [len(c.anchors) for row in rows for c in row]
+        pairs = list(zip(keys.split(counts), values.split(counts), strict=True))
+        out, at = [], 0
+        for row in rows:
+            out.append(pairs[at : at + len(row)])
+            at += len(row)
+        return out
