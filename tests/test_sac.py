@@ -237,14 +237,23 @@ def test_short_chunks_ride_in_a_row_with_room():
     assert packed_rows([24, 4], 25, 5) == [[0], [1]]  # no room: a row of its own
 
 
-@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
-def test_a_short_chunk_packed_behind_another_gives_the_same_kv(attention, monkeypatch):
+@pytest.mark.parametrize(
+    "arch,attention",
+    [
+        ("llama", "bidirectional"),
+        ("llama", "causal"),
+        ("gemma3", "bidirectional"),
+        ("gemma3", "causal"),
+    ],
+)
+def test_a_short_chunk_packed_behind_another_gives_the_same_kv(arch, attention, monkeypatch):
     """A short remainder chunk (24 = 20 + 4 tokens, 43 = 20 + 20 + 3) is packed behind a
     full chunk: one forward pass, each chunk seeing only itself — the same anchors' KV as
-    encoding every chunk in a row of its own."""
+    encoding every chunk in a row of its own (also with Gemma's sliding-window layers, whose
+    mask is by position)."""
     from ctxcompress.methods import sac
 
-    comp = make_sac(tiny_model(), ratio=4, chunk_size=20, encoder_attention=attention)
+    comp = make_sac(tiny_model(arch), ratio=4, chunk_size=20, encoder_attention=attention)
     randomize_trainables(comp)
     docs = [comp.context_ids(TEXT)[:24], comp.context_ids(TEXT)[:43]]
     passes = []
