@@ -479,7 +479,7 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
         first = bench.system_spec(system, "screen_4x").get("stage1_from", system)
         assert two.init_from == str(tmp_path / "train" / first / "stage1" / "compressor")
         configs[system] = two
-    dense_rows = {"sac_dense", "sac_best_dense"}
+    dense_rows = {"sac_dense", "sac_best_dense", "sac_head_dense"}
     assert {s for s, c in configs.items() if c.method == "sac" and "sac/stage1" in c.init_from} == {
         s for s in configs if s.startswith("sac") and s not in dense_rows
     }
@@ -513,6 +513,8 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     assert levers_of(configs["sac_importance_decoder"])["selection"] == "importance"
     assert levers_of(configs["sac_best_dense"]) == levers_of(configs["sac_best"])
     assert levers_of(configs["sac_head_decoder"]) == {"selection": "head", "decoder": 32, "ramp": 0}
+    assert levers_of(configs["sac_head_dense"]) == levers_of(configs["sac_head_decoder"])
+    assert configs["sac_head_dense"].init_from.endswith("sac_dense/stage1/compressor")
     # A setting without a systems list has every system, the zero-shot rows too: they have
     # no spec of their own and no teacher (regression: a KeyError after the first row).
     assert "zs_full_context" in bench.own_systems("screen_4x")
