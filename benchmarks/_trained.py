@@ -940,6 +940,9 @@ def target_rows(
             reference = max(presses, key=lambda r: r.overall[metric], default=None)
         else:
             reference = by_label.get(bench.label(t["against"], setting))
+            if reference is None and t["against"].startswith("zs_"):
+                # A zero-shot row from the standard benchmark: "full_context (zero-shot)".
+                reference = by_label.get(f"{t['against'].removeprefix('zs_')} (zero-shot)")
         if system is None or reference is None:
             continue
         ratio = paired_ratio(system, reference, metric)

@@ -821,3 +821,18 @@ def test_learnability_rows_are_valid_configs_and_the_report_lists_finished_rows(
     text = page.read_text()
     assert text.index("| `sac_r1` |") < text.index("| `trained_truncation` |")
     assert "| 27.3 | 0.0 | 10.0 |" in text and "sac_r4_causal" not in text
+
+
+def test_a_target_against_a_zero_shot_row_finds_the_standard_row():
+    """``against: zs_full_context`` is the standard benchmark's "full_context (zero-shot)" row
+    on the same items (regression: the needle target was silently left out of the report)."""
+    from benchmarks._trained import target_rows
+
+    positions = (0, 1, 0, 1)
+    by_label = {
+        "sac@4x": fake_result("sac@4x", 0.25, positions),
+        "full_context (zero-shot)": fake_result("full_context (zero-shot)", 0.5, positions),
+    }
+    target = {"setting": "sac_4x", "test": "squad", "system": "sac", "against": "zs_full_context"}
+    rows = target_rows([{**target, "at_least": 0.8}], by_label, headline.BENCHMARK, "sac_4x", "f1")
+    assert "| sac@4x / full_context (zero-shot) | 0.50 [0.50, 0.50] | >= 0.8 | missed |" in rows
