@@ -247,11 +247,9 @@ class Compressor(
         keys = [(tuple(row), *state) for row in rows]
         with self._sink_lock:
             missing = list(dict.fromkeys(k for k in keys if k not in self._sink_cache))
-        if missing:
-            computed = self._prefill_sinks([list(k[0]) for k in missing])
-            with self._sink_lock:
-                self._sink_cache.update(zip(missing, computed, strict=True))
+        computed = self._prefill_sinks([list(k[0]) for k in missing]) if missing else []
         with self._sink_lock:
+            self._sink_cache.update(zip(missing, computed, strict=True))
             out = []
             for key in keys:
                 out.append(self._sink_cache[key])
