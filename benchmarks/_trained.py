@@ -29,6 +29,13 @@ Two benchmarks run on it: the fair comparison (``configs/benchmarks/fair.yaml``,
 * optionally per system ``stage1: {steps, texts, train, distill}``: a stage 1 of its own
   recipe (issue 38's dense pretraining: more steps, a text stream, loop options on top of the
   spec's, ``distill: full_context`` for KL to the frozen full-context model);
+* optionally per setting ``continues: <setting>``: its systems start where that (earlier,
+  shorter) setting's runs of them stopped — a finished stage 1, the latest stage-2 checkpoint
+  within this setting's steps and the dev-curve points up to it are copied, when they were
+  trained with the same configuration (what a resume may change aside): a headline-length
+  run continues its screen instead of repeating it. The same recipe, seed and data order with
+  a constant schedule make those steps exactly the long run's first ones (the trainer's
+  resume is exact), so without the earlier files it trains them itself, to the same weights;
 * optionally per setting ``dense_dev: {texts, limit, size, context_fraction, every}``: the
   dense learning curve of every stage 1 trained there — the continuation NLL
   (``ctxcompress.evaluation.continuation``) on the first ``limit`` held-out windows of ``size``
@@ -83,6 +90,8 @@ from ctxcompress.evaluation.report import LABELS, depth_key, depth_table
 from ctxcompress.evaluation.significance import paired_ratio
 from ctxcompress.prompts import chat_prompt_options
 from ctxcompress.training import Trainer, parse_config
+from ctxcompress.training.checkpoint import STATE_FILE, list_checkpoints
+from ctxcompress.training.config import changed_settings
 
 from ._common import add_seconds, load_json, plot_curves, train_with_dev_curve, write_json
 from ._common import command_line as _command_line
@@ -123,6 +132,11 @@ def load_spec(path: Path) -> dict[str, Any]:
                     f"{path}: systems.{name} has both stage1_from and a stage1 of its own"
                 )
     for name, setting in spec["settings"].items():
+        earlier = setting.get("continues")
+        if earlier is not None and (earlier not in spec["settings"] or earlier == name):
+            raise ValueError(
+                f"{path}: settings.{name}.continues names {earlier!r}, not another setting"
+            )
         dense = setting.get("dense_dev")
         if dense is not None and (missing := sorted(DENSE_FIELDS - set(dense))):
             raise ValueError(f"{path}: settings.{name}.dense_dev lacks {missing}")
@@ -320,10 +334,12 @@ class Benchmark:
         stage1 = self.system_spec(system, setting).get("stage1_from", system)
         if self.stage1_steps(stage1, setting, args) > 0:
             config = self.stage_config(stage1, setting, 1, args, out)
+            self.continue_earlier(stage1, setting, config, out)
             if not (Path(config.output_dir) / "compressor").is_dir():
                 self.train_stage1(stage1, setting, config, out)
             clock = stage1_clock(config)
         config = self.stage_config(system, setting, 2, args, out)
+        self.continue_earlier(system, setting, config, out)
         trainer = Trainer(config)
         every = steps["curve_every"]
         train_with_dev_curve(trainer, system, dev, out, every, clock=clock, tag=self.name)
@@ -337,6 +353,48 @@ class Benchmark:
         }
         write_json(out / "train_seconds.json", times)
         return trainer.compressor
+
+    def continue_earlier(self, system: str, setting: str, config, out: Path) -> None:
+        """With the setting's ``continues``: copy the earlier setting's run of this stage of
+        ``system`` into this setting's place before it trains — a finished stage 1 whole, or
+        stage 2's latest checkpoint within ``config``'s steps with its metrics log and dev-curve
+        points. Nothing when this stage has started here, when the earlier run is missing, or
+        when it was trained with another configuration (said; this run then trains itself).
+        Written beside its place and renamed: never half a folder."""
+        earlier = self.settings[setting].get("continues")
+        mine = Path(config.output_dir)
+        if earlier is None or mine.exists():
+            return
+        theirs = out.parent / earlier / mine.relative_to(out)
+        saved = theirs / "config.yaml"
+        if not saved.is_file():
+            return
+        # init_from names the earlier setting's stage 1, copied here the same way.
+        changed = changed_settings(yaml.safe_load(saved.read_text()) or {}, config)
+        if differs := [key for key, *_ in changed if key != "init_from"]:
+            print(f"[{self.name}] {system}: not continuing {earlier}'s run ({differs} differ)")
+            return
+        staging = mine.with_name(mine.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        found = [c for c in list_checkpoints(theirs) if checkpoint_step(c) <= config.train.steps]
+        if not found:
+            return
+        step = checkpoint_step(found[-1])
+        if step == config.train.steps and (theirs / "compressor").is_dir():
+            shutil.copytree(theirs, staging)  # a finished run of the same length
+        else:
+            shutil.copytree(found[-1], staging / "checkpoints" / found[-1].name)
+            if (theirs / "metrics.jsonl").is_file():
+                shutil.copy2(theirs / "metrics.jsonl", staging / "metrics.jsonl")
+        (staging / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+        staging.rename(mine)
+        if "stage2" in mine.parts:  # the dev curve up to the copied step
+            source = load_json(out.parent / earlier / "curves.json", {}).get(system, [])
+            curves = load_json(out / "curves.json", {})
+            if not curves.get(system):
+                curves[system] = [p for p in source if p["step"] <= step]
+                write_json(out / "curves.json", curves)
+        print(f"[{self.name}] {system}: continues {earlier}'s run at step {step} ({mine.name})")
 
     # ------------------------------------------------------------------------- dense curve
     def dense_windows(self, comp: cc.Compressor, setting: str) -> list:
@@ -880,6 +938,11 @@ def plot_dense_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a trainer checkpoint was saved at."""
+    return int(json.loads((checkpoint / STATE_FILE).read_text())["step"])
 
 
 def stage1_clock(config) -> dict[str, float]:

@@ -520,6 +520,17 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     assert "zs_full_context" in bench.own_systems("screen_4x")
     assert bench.teachers("screen_4x") == set()
     assert configs["trained_truncation_decoder"].method_options["decoder_lora_rank"] == 32
+    # The headline budget: the best screen row and its references, 4,000 steps, continuing
+    # the screen's runs (trained full context gets the same decoder adapter).
+    assert bench.steps("long_4x", args)["stage2"] == 4000
+    assert bench.settings["long_4x"]["continues"] == "screen_4x"
+    long_full = bench.stage_config("trained_full_decoder", "long_4x", 2, args, tmp_path)
+    assert long_full.method_options["context"] == "full"
+    assert long_full.method_options["decoder_lora_rank"] == 32
+    for system in ("sac_head_decoder", "trained_truncation_decoder"):
+        long_run = bench.stage_config(system, "long_4x", 2, args, tmp_path)
+        assert long_run.method_options == configs[system].method_options
+        assert long_run.train.schedule == "constant"  # what makes the screen its first steps
     # PIC against ICAE at 16x: the headline's recipe with a decoder adapter, distilled from
     # the headline's committed 16x teacher; the 4x setting has neither.
     assert bench.systems_of("multi_16x", args) == ["pic_decoder", "icae_decoder"]
@@ -658,6 +669,95 @@ def test_benchmark_spec_refuses_overrides_of_unknown_systems(tmp_path):
     with pytest.raises(
         ValueError, match=r"sac_4x.system_overrides names unknown systems \['sca'\]"
     ):
+        load_spec(path)
+
+
+def test_a_long_setting_continues_its_screen_to_the_weights_of_one_long_run(
+    monkeypatch, qa_file, tmp_path
+):
+    """settings.*.continues (issue 38's headline budget after the screen): a 4-step setting
+    that continues a 2-step one copies its finished stage 1, its step-2 checkpoint and dev
+    points, and ends with exactly the weights of a 4-step run trained from nothing; an
+    earlier run of another configuration is not continued."""
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+    import yaml
+    from benchmarks._trained import Benchmark, load_spec
+    from safetensors.torch import load_file
+
+    import ctxcompress as cc
+    from ctxcompress.testing import tiny_model
+
+    monkeypatch.setattr(cc, "load_base_model", lambda *a, **k: tiny_model())
+    data = {"source": f"jsonl:{qa_file}"}
+    short = {
+        "ratio": 2,
+        "window": 32,
+        "train": [data],
+        "dev": {**data, "limit": 2},
+        "tests": {"qa": {**data, "limit": 2}},
+    }
+    spec = {
+        "loop": {
+            "batch_size": 2,
+            "micro_batch_size": 2,
+            "lr": 1e-2,
+            "warmup_steps": 0,
+            "schedule": "constant",
+            "seed": 0,
+            "log_every": 1,
+            "keep_checkpoints": 2,
+            "continuation_min_tokens": 2,
+        },
+        "steps": {"stage1": 2, "stage2": 2, "curve_every": 2},
+        "stage1_texts": [{**data, "options": {"fields": {"text": "context"}}}],
+        "settings": {
+            "short": short,
+            "long": {**short, "continues": "short", "steps": {"stage2": 4}},
+            "fresh": {**short, "steps": {"stage2": 4}},
+        },
+        "systems": {"sac": {"method": "sac", "options": {"lora_rank": 4}}},
+        "run_order": ["sac"],
+    }
+    bench = Benchmark("t", "run.py", spec)
+    args = SimpleNamespace(stage1_steps=None, stage2_steps=None, curve_every=None, dev_limit=None)
+    dev = bench.dev_examples("short", args)
+    for setting in ("short", "long", "fresh"):
+        bench.train_system("sac", setting, args, tmp_path / setting, dev)
+    long_run = tmp_path / "long" / "train" / "sac"
+    assert (long_run / "stage1" / "compressor").is_dir()
+    assert not (long_run / "stage1" / "checkpoints" / "step-000004").exists()  # copied, not trained
+    logged = [json.loads(line)["step"] for line in (long_run / "stage2" / "metrics.jsonl").open()]
+    assert logged == [1, 2, 3, 4]  # steps 1-2 copied with the checkpoint, 3-4 trained here
+    curves = {
+        s: json.loads((tmp_path / s / "curves.json").read_text())["sac"] for s in spec["settings"]
+    }
+    assert [p["step"] for p in curves["long"]] == [0, 2, 4]
+    assert curves["long"][:2] == curves["short"]
+    weights = {
+        s: load_file(
+            str(tmp_path / s / "train/sac/stage2/compressor/adapter/adapter_model.safetensors")
+        )
+        for s in ("long", "fresh")
+    }
+    assert weights["long"].keys() == weights["fresh"].keys()
+    for name, tensor in weights["long"].items():
+        assert torch.equal(tensor, weights["fresh"][name]), name
+
+    # An earlier run of another configuration (a higher lr) is not continued.
+    spec["settings"]["other"] = {**short, "continues": "short", "steps": {"stage2": 4}}
+    spec["systems"]["sac"]["train"] = {"lr": 2e-2}
+    other = Benchmark("t", "run.py", spec)
+    config = other.stage_config("sac", "other", 2, args, tmp_path / "other")
+    other.continue_earlier("sac", "other", config, tmp_path / "other")
+    assert not Path(config.output_dir).exists()
+
+    spec["settings"]["long"]["continues"] = "screen"
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"long.continues names 'screen', not another setting"):
         load_spec(path)
 
 
