@@ -174,13 +174,76 @@ def test_the_demo_measures_each_shipped_compressor_against_its_card(package, tmp
     printed = buffer.getvalue()
     assert list(summary) == ["embedded:sac-test"]
     assert printed.count("(matches)") == 2 and printed.count("(differs)") == 1
-    assert "a worked example" in printed and "What is item" in printed
+    assert "a worked example" in printed and "What is item 0?" in printed  # the first item
+    assert "the first of the held-out items" in printed  # the rule, said with it
     assert "KV KiB" in printed and "Loaded base model" in printed
+    assert "Which to use at each budget" in printed and "at 4x " in printed
+    assert "The demo took" in printed
+
+    # A shipped reference (trained truncation at the same budget) named in demo.json runs
+    # beside the compressor on the same items, not on its own.
+    reference = cc.build_compressor(
+        "prompt_tuned", tiny_model(), context="truncation", ratio=4, lora_rank=4
+    )
+    reference.save_pretrained(root / "truncation-test")
+    (root / "truncation-test" / pretrained.DEMO_FILE).write_text(json.dumps(spec))
+    shipped.write_manifest(root / "truncation-test")
+    with_reference = {**spec, "references": ["embedded:truncation-test"], "scores": card}
+    (root / "sac-test" / pretrained.DEMO_FILE).write_text(json.dumps(with_reference))
+    shipped.write_manifest(root / "sac-test")
+    summary = demo.main(base, console=Console(file=io.StringIO(), width=160))
+    assert list(summary) == ["embedded:sac-test"]
+    assert list(summary["embedded:sac-test"]) == [
+        "sac-test",
+        "truncation-test",
+        "truncation@4x (zero-shot)",
+        "full_context (zero-shot)",
+    ]
     entry = pretrained.kv_bytes_per_entry(base)
     config = base.model.config
     assert entry == 2 * config.num_hidden_layers * config.num_key_value_heads * 4 * (
         config.hidden_size // config.num_attention_heads
     )
+
+
+def test_the_verdict_names_the_best_compressed_row_against_the_runner_up_and_the_whole_text():
+    """One verdict line per budget: the best row that compresses (never a whole-text row),
+    the runner-up with a paired interval ("within noise" when it spans zero, and then "no
+    clear winner"), and what it gives up against the best whole-text row."""
+    from ctxcompress.demo.pretrained import reads_whole_text, verdict
+    from ctxcompress.evaluation import EvalResult, Prediction
+
+    def row(label: str, scores: list[float], kept: int) -> EvalResult:
+        predictions = [
+            Prediction(
+                id=str(i),
+                question="q",
+                prediction="a",
+                golds=["a"],
+                scores={"f1": f},
+                compressed_length=kept,
+                original_length=100,
+            )
+            for i, f in enumerate(scores)
+        ]
+        overall = {"f1": sum(scores) / len(scores), "n": len(scores)}
+        overall |= {"compressed_length": float(kept), "original_length": 100.0}
+        return EvalResult(label, 100 / kept, "qa", predictions, overall)
+
+    clear = [1.0] * 20
+    half = [0.0, 1.0] * 10
+    rows = [
+        row("sac-4x", clear, 25),
+        row("truncation-4x", half, 25),
+        row("full_context (zero-shot)", clear, 100),
+    ]
+    assert [reads_whole_text(r) for r in rows] == [False, False, True]
+    line = verdict(4, rows, "f1")
+    assert line.startswith("at 4x use [bold]sac-4x[/bold]: f1 100.0 vs truncation-4x 50.0 (+50.0")
+    assert "the whole text (full_context (zero-shot)) 100.0: +0.0 [0.0, 0.0], within noise" in line
+    assert line.endswith("20 items")
+    tied = verdict(4, [row("a", half, 25), row("b", half[::-1], 25)], "f1")
+    assert tied.startswith("at 4x no clear winner: a f1 50.0 vs b 50.0") and "within noise" in tied
 
 
 def test_shipping_stores_the_learned_tensors_in_bfloat16_and_they_still_load(tmp_path):
@@ -203,3 +266,26 @@ def test_shipping_stores_the_learned_tensors_in_bfloat16_and_they_still_load(tmp
     assert stored.keys.dtype == original.keys.dtype == torch.float32  # computed in float32
     torch.testing.assert_close(stored.keys, original.keys, rtol=0.05, atol=0.05)
     assert ship.trained_steps(tmp_path) == 0  # no metrics.jsonl: no steps
+
+
+def test_shipping_from_either_benchmark_compares_with_its_setting_s_trained_references():
+    """benchmarks/headline/ship.py --benchmark headline|levers: a card's trained references
+    are its setting's ``trained_*`` systems (with the levers' decoder adapter where the
+    setting has it), and a prompt-tuned reference is titled by the context it reads."""
+    from benchmarks.headline import ship
+
+    headline, levers = ship.BENCHMARKS["headline"], ship.BENCHMARKS["levers"]
+    assert ship.card_references(headline, "sac_4x", "sac") == ["trained_truncation", "trained_full"]
+    assert ship.card_references(levers, "long_4x", "sac_head_decoder") == [
+        "trained_truncation_decoder",
+        "trained_full_decoder",
+    ]
+    assert ship.card_references(levers, "long_4x", "trained_truncation_decoder") == [
+        "trained_full_decoder"
+    ]
+    truncation = cc.build_compressor(
+        "prompt_tuned", tiny_model(), context="truncation", ratio=4, lora_rank=4
+    )
+    assert ship.title(truncation) == "trained truncation"
+    sac = cc.build_compressor("sac", tiny_model(), ratio=4, lora_rank=4)
+    assert ship.title(sac) == "SAC"

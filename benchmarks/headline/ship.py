@@ -1,18 +1,24 @@
-"""Ship a trained headline compressor as package data: ``embedded:<name>``.
+"""Ship a trained compressor of a benchmark as package data: ``embedded:<name>``.
 
     python benchmarks/headline/ship.py --setting sac_4x --system sac --name sac-4x
+    python benchmarks/headline/ship.py --benchmark levers --setting long_4x \
+        --system trained_truncation_decoder --name truncation-4x
 
-Takes the stage-2 compressor that ``benchmarks/headline/run.py`` trained, stores its learned
+Takes the stage-2 compressor that the benchmark's driver (``benchmarks/headline/run.py`` by
+default, or ``benchmarks/levers/run.py``) trained, stores its learned
 tensors (LoRA adapter and embeddings) in bfloat16 (half the bytes; a few MB), re-evaluates
 *the stored weights* on every test set of the setting, and writes into
 ``src/ctxcompress/compressors/<name>/``:
 
 * the compressor folder (``save_pretrained`` layout);
 * ``MODEL_CARD.md``: data, steps, recipe, the scores of the shipped weights with paired 95%
-  intervals against trained truncation, trained full context and the standard zero-shot and
+  intervals against the setting's trained references (its ``trained_*`` systems: truncation
+  and full context at the same budget) and the standard zero-shot and
   kvpress rows on the same items, the commands behind them, the command that retrains it,
   and its limits;
-* ``demo.json``: the items ``make demo`` measures it on, with the scores it must print;
+* ``demo.json``: the items ``make demo`` measures it on, the shipped references it runs
+  beside it (``--demo-references``: e.g. trained truncation at the same budget), with the
+  scores it must print;
 * ``manifest.json``: every file's SHA-256, checked at load (``ctxcompress.shipped``).
 """
 
@@ -27,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package
 from benchmarks._trained import standard_references, to_bfloat16  # noqa: E402
-from benchmarks.headline.run import BENCHMARK  # noqa: E402
+from benchmarks.headline import run as headline  # noqa: E402
+from benchmarks.levers import run as levers  # noqa: E402
 
 import ctxcompress as cc  # noqa: E402
 from ctxcompress import shipped  # noqa: E402
@@ -41,6 +48,20 @@ from ctxcompress.evaluation import (  # noqa: E402
 from ctxcompress.evaluation.significance import paired_difference  # noqa: E402
 
 PACKAGE_ROOT = ROOT / "src" / "ctxcompress" / "compressors"
+BENCHMARKS = {"headline": headline.BENCHMARK, "levers": levers.BENCHMARK}
+"""The trained benchmarks a compressor may be shipped from (``--benchmark``)."""
+PAGES = {
+    "headline": "docs/results.md (the headline section)",
+    "levers": "docs/training.md (the levers section)",
+}
+REFERENCE_PREFIX = "trained_"
+"""A setting's systems named so are the card's trained references (truncation, full context)."""
+
+
+def card_references(benchmark, setting: str, system: str) -> list[str]:
+    """The setting's trained references for ``system``'s card: its ``trained_*`` systems."""
+    own = benchmark.own_systems(setting)
+    return [s for s in own if s.startswith(REFERENCE_PREFIX) and s != system]
 
 
 def metric_of(results: list[EvalResult]) -> str:
@@ -54,6 +75,15 @@ def trained_steps(folder: Path) -> int:
         return 0
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return max((int(line.get("step", 0)) for line in lines), default=0)
+
+
+def title(comp) -> str:
+    """What a card calls the compressor: the method, or for a prompt-tuned model the context
+    it reads (trained truncation, trained full context)."""
+    context = getattr(comp.config, "context", None)
+    if comp.method == "prompt_tuned" and context:
+        return "trained full context" if context == "full" else f"trained {context}"
+    return comp.method.upper()
 
 
 def standing(
@@ -84,17 +114,27 @@ def model_card(
 ) -> str:
     """``tests``: per test the shipped row first, then the others; ``training_free``: the
     standard zero-shot and kvpress rows among them."""
-    setting = BENCHMARK.settings[args.setting]
-    system = BENCHMARK.system_spec(args.system, args.setting)
-    runs = args.out / args.setting / "train" / args.system
-    steps = {f"stage{k}": trained_steps(runs / f"stage{k}") for k in (1, 2)}
+    benchmark = BENCHMARKS[args.benchmark]
+    setting = benchmark.settings[args.setting]
+    system = benchmark.system_spec(args.system, args.setting)
+    train = args.out / args.setting / "train"
+    first = system.get("stage1_from", args.system)  # a shared stage 1 lives with its system
+    steps = {
+        "stage1": trained_steps(train / first / "stage1"),
+        "stage2": trained_steps(train / args.system / "stage2"),
+    }
+    stage1_texts = system.get("stage1", {}).get("texts", benchmark.spec["stage1_texts"])
     command = (
-        f"python benchmarks/headline/run.py --settings {args.setting} --stage2-steps "
-        f"{steps['stage2']}"
+        f"python {benchmark.script} --settings {args.setting} --systems {args.system} "
+        f"--stage2-steps {steps['stage2']}"
+    )
+    ship = (
+        f"python benchmarks/headline/ship.py --benchmark {args.benchmark} --setting "
+        f"{args.setting} --system {args.system} --name {name} --demo-limit {args.demo_limit}"
+        + (f" --demo-references {','.join(args.demo_references)}" if args.demo_references else "")
     )
     lines = [
-        f"# `embedded:{name}`: {comp.method.upper()} at {comp.config.ratio}x on "
-        "SmolLM2-135M-Instruct",
+        f"# `embedded:{name}`: {title(comp)} at {comp.config.ratio}x on SmolLM2-135M-Instruct",
         "",
         "```python",
         "import ctxcompress as cc",
@@ -106,12 +146,12 @@ def model_card(
         "",
         "## Training",
         "",
-        f"- Setting `{args.setting}` of `configs/benchmarks/headline.yaml`: "
+        f"- Setting `{args.setting}` of `configs/benchmarks/{args.benchmark}.yaml`: "
         f"{setting['description']}.",
         f"- Stage 1: {steps['stage1']} steps of continuation on "
-        + ", ".join(f"`{t['source']}`" for t in BENCHMARK.spec["stage1_texts"])
+        + ", ".join(f"`{t['source']}`" for t in stage1_texts)
         + f"; stage 2: {steps['stage2']} QA steps "
-        + f"(batch {BENCHMARK.spec['loop']['batch_size']}) on "
+        + f"(batch {benchmark.spec['loop']['batch_size']}) on "
         + ", ".join(f"`{d['source']}` (weight {d.get('weight', 1.0)})" for d in setting["train"])
         + ".",
         f"- Recipe: method options `{json.dumps(system['options'])}`, loop overrides "
@@ -123,9 +163,7 @@ def model_card(
         ),
         "- Stored in bfloat16 (learned tensors only; the base model is the embedded one). The "
         "scores below are of these stored weights.",
-        f"- Retrain (resumable; the same command continues): `{command}`; ship: "
-        f"`python benchmarks/headline/ship.py --setting {args.setting} --system {args.system} "
-        f"--name {name} --demo-limit {args.demo_limit}`.",
+        f"- Retrain (resumable; the same command continues): `{command}`; ship: `{ship}`.",
         "",
         "## Scores (test sets; paired 95% bootstrap intervals on the same items)",
         "",
@@ -134,9 +172,7 @@ def model_card(
     for test, results in tests.items():
         spec = setting["tests"][test]
         metric = metric_of(results)
-        references = [
-            r for r in results[1:] if r.method.startswith(("trained_truncation", "trained_full"))
-        ]
+        references = [r for r in results[1:] if r.method.startswith(REFERENCE_PREFIX)]
         lines += [f"### `{spec['source']}` ({results[0].overall['n']} items)", ""]
         lines += [markdown_table(results), ""]
         if references:
@@ -149,8 +185,7 @@ def model_card(
         "",
         "The rows `trained_*` come from the retrain command above (the same data, steps and "
         "loop); the zero-shot and `kvpress:*` rows from `python benchmarks/standard/run.py` "
-        "on the same items; the issue's targets with their verdicts are in docs/results.md "
-        "(the headline section).",
+        f"on the same items; the targets with their verdicts are in {PAGES[args.benchmark]}.",
         "",
         "## Limits",
         "",
@@ -166,18 +201,42 @@ def model_card(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", required=True, choices=list(BENCHMARK.settings))
+    parser.add_argument("--benchmark", choices=list(BENCHMARKS), default="headline")
+    parser.add_argument("--setting", required=True)
     parser.add_argument("--system", required=True)
     parser.add_argument("--name", required=True, help="the shipped name, e.g. sac-4x")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "headline" / "results")
+    parser.add_argument("--out", type=Path, help="default: the benchmark's results folder")
     parser.add_argument("--demo-limit", type=int, default=30, help="items make demo measures")
+    parser.add_argument(
+        "--demo-references",
+        default="",
+        help="comma-separated shipped compressors (embedded:<name>, shipped first) that make "
+        "demo runs beside this one, e.g. trained truncation at the same budget",
+    )
     parser.add_argument("--package-root", type=Path, default=PACKAGE_ROOT)
     parser.add_argument("--eval-limit", type=int, default=None, help="default: the spec's")
     args = parser.parse_args()
+    benchmark = BENCHMARKS[args.benchmark]
+    if args.setting not in benchmark.settings:
+        parser.error(f"unknown setting {args.setting!r}; known: {list(benchmark.settings)}")
+    if args.system not in benchmark.own_systems(args.setting):
+        parser.error(
+            f"{args.system!r} is not a system of {args.setting}; its systems: "
+            f"{list(benchmark.own_systems(args.setting))}"
+        )
+    args.out = args.out or ROOT / Path(benchmark.script).parent / "results"
+    args.demo_references = [r for r in args.demo_references.split(",") if r]
+    for reference in args.demo_references:
+        folder = args.package_root / reference.removeprefix(shipped.PREFIX)
+        if not reference.startswith(shipped.PREFIX) or not (folder / shipped.MANIFEST).is_file():
+            parser.error(
+                f"--demo-references {reference!r} is not a shipped compressor "
+                f"(embedded:<name> in {args.package_root}): ship it first"
+            )
     out = args.out / args.setting
     source = out / "train" / args.system / "stage2" / "compressor"
     if not (source / "ctxcompress.json").is_file():
-        parser.error(f"{source} is not a trained compressor: run {BENCHMARK.script} first")
+        parser.error(f"{source} is not a trained compressor: run {benchmark.script} first")
     target = args.package_root / args.name
     staging = target.with_name(f".{args.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -188,25 +247,25 @@ def main() -> None:
     tests: dict[str, list[EvalResult]] = {}
     training_free: dict[str, list[EvalResult]] = {}
     base_args = argparse.Namespace(eval_limit=args.eval_limit)
-    for test in BENCHMARK.settings[args.setting]["tests"]:
-        examples = BENCHMARK.test_examples(args.setting, test, base_args)
+    for test in benchmark.settings[args.setting]["tests"]:
+        examples = benchmark.test_examples(args.setting, test, base_args)
         result = evaluate(
             comp, examples, max_new_tokens=32, batch_size=16, label=f"{args.name} (shipped)"
         )
-        folder = BENCHMARK.eval_folder(args.setting, test, out)
+        folder = benchmark.eval_folder(args.setting, test, out)
         others = [  # the float32 weights before storage last, for comparison
             EvalResult.load(folder / f"{s}.json")
-            for s in ("trained_truncation", "trained_full", args.system)
+            for s in (*card_references(benchmark, args.setting, args.system), args.system)
             if (folder / f"{s}.json").is_file()
         ]
-        spec = BENCHMARK.settings[args.setting]["tests"][test]
+        spec = benchmark.settings[args.setting]["tests"][test]
         training_free[test] = standard_references(spec.get("standard"), [result])
         tests[test] = [result, *others, *training_free[test]]
     del comp
     (staging / "MODEL_CARD.md").write_text(
         model_card(args.name, args, cc.load_compressor(staging), tests, training_free)
     )
-    first = next(iter(BENCHMARK.settings[args.setting]["tests"].values()))
+    first = next(iter(benchmark.settings[args.setting]["tests"].values()))
     demo = {
         "data": first["source"],
         "limit": args.demo_limit,
@@ -214,6 +273,7 @@ def main() -> None:
         "options": first.get("options", {}),
         "metric": metric_of(next(iter(tests.values()))),
         "max_new_tokens": 32,
+        "references": args.demo_references,
     }
     if target.exists():
         shutil.rmtree(target)

@@ -2,10 +2,14 @@
 
 For every compressor shipped in the package (``embedded:<name>``, :mod:`ctxcompress.shipped`)
 it compresses the held-out documents its model card was scored on, answers their questions,
-and prints side by side the compressor, the frozen model reading the context truncated to the
-same ratio, and the full context (both zero-shot, through the chat template): quality, the KV
-entries the decoder holds (and their bytes), answer latency, the model card's score for the
-same items, and one worked example a person can read. Nothing is trained.
+and prints side by side the compressor, the shipped references its ``demo.json`` names
+(trained truncation at the same budget, the trained full context), the frozen model reading
+the context truncated to the same ratio and the full context (both zero-shot, through the chat
+template): quality, the KV entries the decoder holds (and their bytes), answer latency, the
+model card's score for the same items, and one worked example a person can read, chosen by a
+fixed rule (the first item) before anyone answered. Then one verdict per budget: which row to
+use at that ratio on those items, against the runner-up and against the whole text, with
+paired 95% intervals. Nothing is trained.
 
 The items and the card's scores come from the compressor's ``demo.json`` (written when it was
 shipped, by the same evaluation code), so the printed table and the card agree on these
@@ -28,6 +32,7 @@ import ctxcompress as cc
 from .. import shipped
 from ..data import load_qa
 from ..evaluation import EvalResult, evaluate
+from ..evaluation.significance import paired_difference
 from ..models import BaseModel
 from ..prompts import chat_prompt_options
 from .training import quiet
@@ -67,12 +72,12 @@ def rows(
     cache: dict[str, EvalResult],
     comp: cc.Compressor | None = None,
 ) -> tuple[list[EvalResult], dict[str, str]]:
-    """The shipped compressor and its two zero-shot references on the demo's items (the
-    references are cached by data and ratio: compressors on the same items share them), and
-    the items' contexts by id. ``base`` is the frozen model of the references; the compressor
-    loads its own copy of the base model it was trained on (a model object carries one
-    compressor's adapter); ``comp``: the compressor already loaded (when it is being
-    shipped)."""
+    """The shipped compressor, the shipped references its spec names (``references``) and its
+    two zero-shot references on the demo's items (the references are cached by data and
+    ratio: compressors on the same items share them), and the items' contexts by id.
+    ``base`` is the frozen model of the zero-shot references; a compressor loads its own copy
+    of the base model it was trained on (a model object carries one compressor's adapter);
+    ``comp``: the compressor already loaded."""
     comp = comp or cc.load_compressor(name)
     examples = load_qa(
         spec["data"], limit=spec["limit"], seed=spec.get("seed"), **spec.get("options", {})
@@ -80,6 +85,10 @@ def rows(
     chat = chat_prompt_options(base.tokenizer) if base.tokenizer.chat_template else {}
     ratio = comp.config.ratio
     references = {
+        **{
+            reference.removeprefix(shipped.PREFIX): lambda ref=reference: cc.load_compressor(ref)
+            for reference in spec.get("references", [])
+        },
         f"truncation@{ratio}x (zero-shot)": lambda: cc.build_compressor(
             "truncation", base, ratio=ratio, **chat
         ),
@@ -125,17 +134,17 @@ def table(name: str, spec: dict[str, Any], results: list[EvalResult], entry_byte
     return out
 
 
+EXAMPLE_RULE = "the first of the held-out items, fixed before any system answered"
+"""How the worked example is chosen (printed with it): never by who answered it well."""
+
+
 def worked_example(results: list[EvalResult], metric: str, contexts: dict[str, str]) -> str:
-    """The first item the compressor answers better than truncation (else the first item):
-    question, gold answer, every system's answer, and where the context starts."""
-    comp, truncation = results[0], results[1]
-    by_id = {p.id: p for p in truncation.predictions}
-    chosen = next(
-        (p for p in comp.predictions if p.scores[metric] > by_id[p.id].scores[metric]),
-        comp.predictions[0],
-    )
+    """The first item (:data:`EXAMPLE_RULE`): question, gold answer, every system's answer,
+    and where the context starts."""
+    chosen = results[0].predictions[0]
     context = contexts.get(chosen.id, "")
     lines = [
+        f"[dim]Chosen as {EXAMPLE_RULE}.[/dim]",
         f"[bold]Question[/bold] ({chosen.id}): {chosen.question}",
         f"[bold]Context[/bold] ({chosen.original_length} tokens): {context[:240]}...",
         f"[bold]Gold[/bold]: {chosen.golds[0]}",
@@ -146,10 +155,51 @@ def worked_example(results: list[EvalResult], metric: str, contexts: dict[str, s
     return "\n".join(lines)
 
 
+def reads_whole_text(result: EvalResult) -> bool:
+    """Whether a row kept every context token (the full context, trained or not)."""
+    return result.overall["compressed_length"] >= result.overall["original_length"]
+
+
+def verdict(ratio: int, results: list[EvalResult], metric: str) -> str:
+    """One line for one budget on one set of items: the best row that compresses to
+    ``ratio`` (a shipped compressor, a shipped reference or zero-shot truncation) against the
+    runner-up, and what it gives up against the best row that reads the whole text — paired
+    95% bootstrap intervals on the same items, said "within noise" when one spans zero."""
+    compressed = [r for r in results if not reads_whole_text(r)]
+    whole = [r for r in results if reads_whole_text(r)]
+    if not compressed:
+        return f"at {ratio}x: no compressed row to compare"
+    ranked = sorted(compressed, key=lambda r: r.overall[metric], reverse=True)
+    best, n = ranked[0], ranked[0].overall["n"]
+
+    def score(r: EvalResult) -> str:
+        return f"{100 * r.overall[metric]:.1f}"
+
+    def compared(a: EvalResult, b: EvalResult) -> str:
+        difference = paired_difference(a, b, metric)
+        noise = difference.low <= 0 <= difference.high
+        return difference.percent(signed=True) + (", within noise" if noise else "")
+
+    line = f"at {ratio}x use [bold]{best.method}[/bold]: {metric} {score(best)}"
+    if len(ranked) > 1:
+        runner = ranked[1]
+        if paired_difference(best, runner, metric).low <= 0:
+            line = f"at {ratio}x no clear winner: {best.method} {metric} {score(best)}"
+        line += f" vs {runner.method} {score(runner)} ({compared(best, runner)})"
+    if whole:
+        full = max(whole, key=lambda r: r.overall[metric])
+        line += f"; the whole text ({full.method}) {score(full)}: {compared(best, full)}"
+    return f"{line} — {n} items"
+
+
 def main(base_model: BaseModel | str | None = None, console: Console | None = None) -> dict:
     """Run the demo on every shipped compressor; returns each one's rows' scores."""
     console = console or Console()
-    names = shipped.available()
+    # A shipped reference another compressor names (its demo.json ``references``) runs beside
+    # that compressor, not on its own.
+    specs = {name: demo_spec(name) for name in shipped.available()}
+    referenced = {ref for spec in specs.values() for ref in spec.get("references", [])}
+    names = [name for name in specs if name not in referenced]
     console.rule("[bold]ctxcompress demo: pretrained compressors")
     summary: dict[str, dict[str, Any]] = {}
     with quiet():
@@ -158,14 +208,25 @@ def main(base_model: BaseModel | str | None = None, console: Console | None = No
         entry_bytes = kv_bytes_per_entry(base)
         console.print(f"Loaded base model {base.source} in {time.perf_counter() - started:.1f} s")
         cache: dict[str, EvalResult] = {}
+        budgets: dict[tuple, dict[str, EvalResult]] = {}
         for name in names:
-            spec = demo_spec(name)
-            results, contexts = rows(name, spec, base, cache)
+            spec = specs[name]
+            comp = cc.load_compressor(name)
+            results, contexts = rows(name, spec, base, cache, comp=comp)
             metric = spec.get("metric", "f1")
             console.print(table(name, spec, results, entry_bytes))
             example = worked_example(results, metric, contexts)
             console.print(Panel(example, title=f"{name}: a worked example"))
             summary[name] = {r.method: r.overall for r in results}
+            items = (comp.config.ratio, spec["data"], spec["limit"], spec.get("seed"), metric)
+            budgets.setdefault(items, {}).update({r.method: r for r in results})
+            del comp
+        lines = [
+            f"{verdict(ratio, list(found.values()), metric)} of {data}"
+            for (ratio, data, _, _, metric), found in budgets.items()
+        ]
+        console.print(Panel("\n".join(lines), title="Which to use at each budget"))
+        console.print(f"The demo took {time.perf_counter() - started:.0f} s after the venv.")
     card = Path(str(shipped.root()))
     console.print(
         Panel(
