@@ -191,8 +191,18 @@ def test_the_demo_measures_each_shipped_compressor_against_its_card(package, tmp
     with_reference = {**spec, "references": ["embedded:truncation-test"], "scores": card}
     (root / "sac-test" / pretrained.DEMO_FILE).write_text(json.dumps(with_reference))
     shipped.write_manifest(root / "sac-test")
-    summary = demo.main(base, console=Console(file=io.StringIO(), width=160))
-    assert list(summary) == ["embedded:sac-test"]
+    # Needle items (demo.json "needles"): a second table, string match, the same systems.
+    needles = tmp_path / "needles.jsonl"  # RULER-style items: references, string match
+    needles.write_text("".join(json.dumps({**r, "references": ["x"]}) + "\n" for r in rows))
+    with_needles = {**with_reference, "needles": {"data": f"jsonl:{needles}", "limit": 2}}
+    (root / "sac-test" / pretrained.DEMO_FILE).write_text(json.dumps(with_needles))
+    shipped.write_manifest(root / "sac-test")
+    buffer = io.StringIO()
+    summary = demo.main(base, console=Console(file=buffer, width=160))
+    assert list(summary) == ["embedded:sac-test", f"embedded:sac-test jsonl:{needles}"]
+    assert "string_match" in buffer.getvalue()
+    assert all("string_match" in o for o in summary[f"embedded:sac-test jsonl:{needles}"].values())
+    assert list(summary[f"embedded:sac-test jsonl:{needles}"]) == list(summary["embedded:sac-test"])
     assert list(summary["embedded:sac-test"]) == [
         "sac-test",
         "truncation-test",

@@ -3,6 +3,7 @@
     python benchmarks/headline/ship.py --setting sac_4x --system sac --name sac-4x
     python benchmarks/headline/ship.py --benchmark levers --setting long_4x \
         --system trained_truncation_decoder --name truncation-4x
+    python benchmarks/headline/ship.py --refresh-demo sac-4x --demo-needles ruler:niah_single:2k
 
 Takes the stage-2 compressor that the benchmark's driver (``benchmarks/headline/run.py`` by
 default, or ``benchmarks/levers/run.py``) trained, stores its learned
@@ -16,9 +17,10 @@ tensors (LoRA adapter and embeddings) in bfloat16 (half the bytes; a few MB), re
   and full context at the same budget) and the standard zero-shot and
   kvpress rows on the same items, the commands behind them, the command that retrains it,
   and its limits;
-* ``demo.json``: the items ``make demo`` measures it on, the shipped references it runs
-  beside it (``--demo-references``: e.g. trained truncation at the same budget), with the
-  scores it must print;
+* ``demo.json``: the items ``make demo`` measures it on (and needle items:
+  ``--demo-needles``), the shipped references it runs beside it (``--demo-references``: e.g.
+  trained truncation at the same budget), with the scores it must print (``--refresh-demo``
+  measures them again for a compressor already shipped, after the demo changed);
 * ``manifest.json``: every file's SHA-256, checked at load (``ctxcompress.shipped``).
 """
 
@@ -202,9 +204,9 @@ def model_card(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", choices=list(BENCHMARKS), default="headline")
-    parser.add_argument("--setting", required=True)
-    parser.add_argument("--system", required=True)
-    parser.add_argument("--name", required=True, help="the shipped name, e.g. sac-4x")
+    parser.add_argument("--setting")
+    parser.add_argument("--system")
+    parser.add_argument("--name", help="the shipped name, e.g. sac-4x")
     parser.add_argument("--out", type=Path, help="default: the benchmark's results folder")
     parser.add_argument("--demo-limit", type=int, default=30, help="items make demo measures")
     parser.add_argument(
@@ -213,9 +215,27 @@ def main() -> None:
         help="comma-separated shipped compressors (embedded:<name>, shipped first) that make "
         "demo runs beside this one, e.g. trained truncation at the same budget",
     )
+    parser.add_argument(
+        "--demo-needles",
+        default=None,
+        metavar="DATA",
+        help="needle items make demo runs beside the QA items, e.g. ruler:niah_single:2k",
+    )
+    parser.add_argument("--demo-needle-limit", type=int, default=5)
+    parser.add_argument(
+        "--refresh-demo",
+        metavar="NAME",
+        help="measure the demo of the shipped NAME again (its weights stay); nothing else",
+    )
     parser.add_argument("--package-root", type=Path, default=PACKAGE_ROOT)
     parser.add_argument("--eval-limit", type=int, default=None, help="default: the spec's")
     args = parser.parse_args()
+    args.demo_references = [r for r in args.demo_references.split(",") if r]
+    if args.refresh_demo:
+        refresh_demo(args)
+        return
+    if missing := [f"--{k}" for k in ("setting", "system", "name") if not getattr(args, k)]:
+        parser.error(f"{', '.join(missing)} required (or --refresh-demo NAME)")
     benchmark = BENCHMARKS[args.benchmark]
     if args.setting not in benchmark.settings:
         parser.error(f"unknown setting {args.setting!r}; known: {list(benchmark.settings)}")
@@ -225,7 +245,6 @@ def main() -> None:
             f"{list(benchmark.own_systems(args.setting))}"
         )
     args.out = args.out or ROOT / Path(benchmark.script).parent / "results"
-    args.demo_references = [r for r in args.demo_references.split(",") if r]
     for reference in args.demo_references:
         folder = args.package_root / reference.removeprefix(shipped.PREFIX)
         if not reference.startswith(shipped.PREFIX) or not (folder / shipped.MANIFEST).is_file():
@@ -275,20 +294,53 @@ def main() -> None:
         "max_new_tokens": 32,
         "references": args.demo_references,
     }
+    if args.demo_needles:
+        demo["needles"] = needles(args)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
-    (target / pretrained.DEMO_FILE).write_text(json.dumps(demo, indent=2) + "\n")
-    shipped.write_manifest(target)
-    # The demo's own numbers, from the code make demo runs, on the shipped files.
-    shipped_comp = cc.load_compressor(target)
-    name = f"embedded:{args.name}"
-    results, _ = pretrained.rows(name, demo, cc.load_base_model(), {}, comp=shipped_comp)
-    demo["scores"] = {r.method: r.overall[demo["metric"]] for r in results}
-    (target / pretrained.DEMO_FILE).write_text(json.dumps(demo, indent=2) + "\n")
-    shipped.write_manifest(target)
+    record_demo(target, demo)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     print(f"shipped embedded:{args.name} into {target} ({size / 2**20:.1f} MiB)")
+
+
+def needles(args) -> dict:
+    """The demo's needle items (``--demo-needles``, ``--demo-needle-limit``)."""
+    return {"data": args.demo_needles, "limit": args.demo_needle_limit, "max_new_tokens": 32}
+
+
+def record_demo(folder: Path, demo: dict) -> None:
+    """Write ``demo.json`` with the scores ``make demo`` must print — measured by the demo's
+    own code on the shipped files (its items, and its needles when it has them) — and the
+    manifest."""
+    (folder / pretrained.DEMO_FILE).write_text(json.dumps(demo, indent=2) + "\n")
+    shipped.write_manifest(folder)
+    comp, base = cc.load_compressor(folder), cc.load_base_model()
+    name = shipped.PREFIX + folder.name
+    for spec, place in ((demo, demo), (pretrained.needle_spec(demo), demo.get("needles"))):
+        if spec is None:
+            continue
+        results, _ = pretrained.rows(name, spec, base, {}, comp=comp)
+        place["scores"] = {r.method: r.overall[spec["metric"]] for r in results}
+    (folder / pretrained.DEMO_FILE).write_text(json.dumps(demo, indent=2) + "\n")
+    shipped.write_manifest(folder)
+
+
+def refresh_demo(args) -> None:
+    """``--refresh-demo NAME``: measure an already shipped compressor's demo again with the
+    demo's current code (after the demo changed what it runs), adding needle items when
+    ``--demo-needles`` is given; its weights and card stay as shipped."""
+    folder = args.package_root / args.refresh_demo
+    demo_file = folder / pretrained.DEMO_FILE
+    if not (folder / shipped.MANIFEST).is_file() or not demo_file.is_file():
+        raise SystemExit(f"{folder} is not a shipped compressor with a {pretrained.DEMO_FILE}")
+    demo = json.loads(demo_file.read_text())
+    if args.demo_needles:
+        demo["needles"] = needles(args)
+    if args.demo_references:
+        demo["references"] = args.demo_references
+    record_demo(folder, demo)
+    print(f"measured the demo of embedded:{args.refresh_demo} again: {demo_file}")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,23 @@ DEMO_FILE = "demo.json"
 
 def demo_spec(name: str) -> dict[str, Any]:
     """The shipped compressor's ``demo.json``: ``data``, ``limit``, ``seed``, ``options``,
-    ``metric`` and the card's ``scores`` by row label (checksums verified first)."""
+    ``metric``, the card's ``scores`` by row label, optionally ``references`` (shipped
+    compressors run beside it) and ``needles`` (a second item set of the same shape:
+    :func:`needle_spec`) (checksums verified first)."""
     folder = shipped.resolve(name)
     path = folder / DEMO_FILE
     if not path.is_file():
         raise cc.errors.CorruptFileError(f"{name}: {DEMO_FILE} is missing: reinstall ctxcompress")
     return json.loads(path.read_text())
+
+
+def needle_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The demo's needle items (``needles`` in ``demo.json``: e.g. RULER ``niah_single`` at 2k
+    tokens, string match), with the compressor's shipped ``references``; None without."""
+    needles = spec.get("needles")
+    if not needles:
+        return None
+    return {"references": spec.get("references", []), "metric": "string_match", **needles}
 
 
 def kv_bytes_per_entry(base: BaseModel) -> int:
@@ -220,8 +231,17 @@ def main(base_model: BaseModel | str | None = None, console: Console | None = No
             example = worked_example(results, metric, contexts)
             console.print(Panel(example, title=f"{name}: a worked example"))
             summary[name] = {r.method: r.overall for r in results}
-            items = (comp.config.ratio, spec["data"], spec["limit"], spec.get("seed"), metric)
-            budgets.setdefault(items, {}).update({r.method: r for r in results})
+            measured = [(spec, results)]
+            if needles := needle_spec(spec):  # exact recall: what compressors most often lose
+                found, _ = rows(name, needles, base, cache, comp=comp)
+                console.print(table(name, needles, found, entry_bytes))
+                summary[f"{name} {needles['data']}"] = {r.method: r.overall for r in found}
+                measured.append((needles, found))
+            for items_spec, found in measured:
+                metric = items_spec.get("metric", "f1")
+                key = (comp.config.ratio, items_spec["data"], items_spec["limit"])
+                key += (items_spec.get("seed"), metric)
+                budgets.setdefault(key, {}).update({r.method: r for r in found})
             del comp
         lines = [
             f"{verdict(ratio, list(found.values()), metric)} of {data}"
