@@ -281,6 +281,13 @@ def test_length_batches_do_not_pad_a_short_remainder_to_a_full_chunk():
     seen.clear()
     encode_in_length_batches([7] * 5, 2, lambda n: n, encode)
     assert seen == [[7, 7], [7, 7], [7]]
+    # So does the padded-token cap (MAX_BATCH_TOKENS): a row longer than it runs alone.
+    seen.clear()
+    encode_in_length_batches([400, 400, 400, 2000], 8, lambda n: n, encode, max_tokens=1024)
+    assert seen == [[2000], [400, 400], [400]]
+    seen.clear()
+    encode_in_length_batches([400, 400, 400], 8, lambda n: n, encode, max_tokens=None)
+    assert seen == [[400, 400, 400]]
 
 
 @pytest.mark.parametrize("method", ["truncation", "prompt_tuned"])
