@@ -198,8 +198,15 @@ def test_the_demo_measures_each_shipped_compressor_against_its_card(package, tmp
     (root / "sac-test" / pretrained.DEMO_FILE).write_text(json.dumps(with_needles))
     shipped.write_manifest(root / "sac-test")
     buffer = io.StringIO()
-    summary = demo.main(base, console=Console(file=buffer, width=160))
+    page = tmp_path / "README.md"
+    page.write_text("# Title\n\n<!-- begin demo -->\nold\n<!-- end demo -->\n\nkept text\n")
+    summary = demo.main(base, console=Console(file=buffer, width=160), report=page)
     assert list(summary) == ["embedded:sac-test", f"embedded:sac-test jsonl:{needles}"]
+    # --report: the verdicts (one per budget and item set) go into the page's demo section.
+    written = page.read_text()
+    assert written.startswith("# Title") and written.endswith("kept text\n")
+    assert "old" not in written and "`ctxcompress demo --report README.md`" in written
+    assert written.count("- at 4x ") == 2 and "[bold]" not in written
     assert "string_match" in buffer.getvalue()
     assert all("string_match" in o for o in summary[f"embedded:sac-test jsonl:{needles}"].values())
     assert list(summary[f"embedded:sac-test jsonl:{needles}"]) == list(summary["embedded:sac-test"])

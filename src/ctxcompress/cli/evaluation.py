@@ -39,19 +39,28 @@ def demo(
             "the shipped pretrained compressors.",
         ),
     ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write the verdicts (which compressor to use at each budget) into this "
+            "Markdown page, between <!-- begin demo --> / <!-- end demo --> (e.g. README.md).",
+        ),
+    ] = None,
 ) -> None:
     """Compress held-out documents with the shipped compressors and answer their questions.
 
-    Prints each shipped compressor (embedded:<name>) beside the frozen SmolLM2-135M reading
-    the context truncated to the same ratio and the full context: quality, KV memory, answer
-    latency, the model card's score on the same items, and a worked example. With --train (or
-    while no compressor is shipped) it trains a SAC compressor on ACLSum and measures it
-    against the zero-shot baselines. The first run converts the embedded GGUF model to a
-    cached safetensors folder (about half a minute).
+    Prints each shipped compressor (embedded:<name>) beside the shipped references its card
+    names, the frozen SmolLM2-135M reading the context truncated to the same KV budget and the
+    full context: quality, KV memory, answer latency, the model card's score on the same
+    items, a worked example chosen by a fixed rule, and one verdict per budget with paired
+    intervals. With --train (or while no compressor is shipped) it trains a SAC compressor on
+    ACLSum and measures it against the zero-shot baselines. The first run converts the
+    embedded GGUF model to a cached safetensors folder (about half a minute).
     """
     from .. import demo as demo_module
 
-    demo_module.main(train=train)
+    demo_module.main(train=train, report=report)
 
 
 @app.command(name="eval")

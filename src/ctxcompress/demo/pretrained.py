@@ -31,7 +31,7 @@ import ctxcompress as cc
 
 from .. import shipped
 from ..data import load_qa
-from ..evaluation import EvalResult, evaluate
+from ..evaluation import EvalResult, evaluate, replace_section
 from ..evaluation.significance import paired_difference
 from ..models import BaseModel
 from ..prompts import chat_prompt_options
@@ -205,8 +205,34 @@ def verdict(ratio: int, results: list[EvalResult], metric: str) -> str:
     return f"{line} — {n} items"
 
 
-def main(base_model: BaseModel | str | None = None, console: Console | None = None) -> dict:
-    """Run the demo on every shipped compressor; returns each one's rows' scores."""
+REPORT_SECTION = "demo"
+"""The marked section (``<!-- begin demo -->``) ``--report PAGE`` writes the verdicts into."""
+REPORT_COMMAND = "ctxcompress demo --report README.md"
+
+
+def write_report(page: Path, lines: list[str], seconds: float) -> None:
+    """The verdicts as Markdown in ``page``'s ``demo`` section, with the command that measured
+    them (the rest of the page is kept)."""
+    plain = [line.replace("[bold]", "**").replace("[/bold]", "**") for line in lines]
+    markdown = "\n".join(
+        [
+            f"Which compressor to use, as measured by `{REPORT_COMMAND}` (the shipped "
+            "compressors on their cards' held-out items; paired 95% intervals; "
+            f"{seconds:.0f} s on a 2-thread CPU):",
+            "",
+            *[f"- {line}" for line in plain],
+        ]
+    )
+    replace_section(page, REPORT_SECTION, markdown)
+
+
+def main(
+    base_model: BaseModel | str | None = None,
+    console: Console | None = None,
+    report: Path | None = None,
+) -> dict:
+    """Run the demo on every shipped compressor; returns each one's rows' scores. ``report``:
+    a Markdown page whose ``demo`` section gets the verdicts (:func:`write_report`)."""
     console = console or Console()
     # A shipped reference another compressor names (its demo.json ``references``) runs beside
     # that compressor, not on its own.
@@ -248,7 +274,11 @@ def main(base_model: BaseModel | str | None = None, console: Console | None = No
             for (ratio, data, _, _, metric), found in budgets.items()
         ]
         console.print(Panel("\n".join(lines), title="Which to use at each budget"))
-        console.print(f"The demo took {time.perf_counter() - started:.0f} s after the venv.")
+        seconds = time.perf_counter() - started
+        console.print(f"The demo took {seconds:.0f} s after the venv.")
+        if report is not None:
+            write_report(report, lines, seconds)
+            console.print(f"Wrote the verdicts into {report} (section '{REPORT_SECTION}').")
     card = Path(str(shipped.root()))
     console.print(
         Panel(
