@@ -306,3 +306,71 @@ def test_shipping_from_either_benchmark_compares_with_its_setting_s_trained_refe
     assert ship.title(truncation) == "trained truncation"
     sac = cc.build_compressor("sac", tiny_model(), ratio=4, lora_rank=4)
     assert ship.title(sac) == "SAC"
+
+
+def test_a_context_from_an_earlier_shipped_version_is_refused_naming_that_version(
+    package, tmp_path
+):
+    """A shipped compressor replaced by a new version keeps its name; its history.json
+    lists every version's fingerprint, so a context saved with version 1 is refused by
+    version 2 saying which version made it — never answered with wrong KV."""
+    from ctxcompress.errors import ContextMismatchError
+
+    root, _ = package
+    first = cc.load_compressor("embedded:sac-test")
+    old_context = first.compress(TEXT)
+    path = old_context.save(tmp_path / "old.ctx")
+    newer = cc.build_compressor("sac", tiny_model(), ratio=4, lora_rank=4)
+    randomize_trainables(newer, seed=2)  # other trained weights
+    assert newer.fingerprint != first.fingerprint
+    newer.save_pretrained(root / "sac-test")
+    versions = [
+        {"version": 1, "fingerprint": first.fingerprint, "changed": "first"},
+        {"version": 2, "fingerprint": newer.fingerprint, "changed": "head anchors"},
+    ]
+    (root / "sac-test" / shipped.HISTORY).write_text(json.dumps({"versions": versions}))
+    shipped.write_manifest(root / "sac-test")
+    second = cc.load_compressor("embedded:sac-test")
+    assert second.versions == {
+        first.fingerprint: "embedded:sac-test version 1",
+        newer.fingerprint: "embedded:sac-test version 2",
+    }
+    message = (
+        r"made by embedded:sac-test version 1; the installed one is embedded:sac-test version 2"
+    )
+    with pytest.raises(ContextMismatchError, match=message):
+        second.load_context(path)
+    with pytest.raises(ContextMismatchError, match=message):
+        second.generate(old_context, ["What is it?"], max_new_tokens=2)
+    # A compressor outside the package has no versions: the plain message.
+    with pytest.raises(ContextMismatchError, match="other trained weights"):
+        newer.load_context(path)
+
+
+def test_a_new_version_replaces_a_shipped_one_only_where_it_beats_it(tmp_path):
+    """benchmarks/headline/ship.py: on the setting's first test the new weights minus the
+    shipped version, paired interval above zero, or nothing is shipped (--force ships)."""
+    import argparse
+
+    from benchmarks.headline import ship
+
+    from ctxcompress.evaluation import EvalResult, Prediction
+
+    def row(label: str, scores: list[float]) -> EvalResult:
+        predictions = [
+            Prediction(id=str(i), question="q", prediction="a", golds=["a"], scores={"f1": f})
+            for i, f in enumerate(scores)
+        ]
+        return EvalResult(label, 4.0, "qa", predictions, {"f1": sum(scores) / len(scores)})
+
+    parser = argparse.ArgumentParser()
+    staging = tmp_path / ".sac-4x.staging"
+    staging.mkdir()
+    better = {"squad": [row("new", [1.0] * 20), row("sac-4x version 1", [0.0, 1.0] * 10)]}
+    ship.replaces(argparse.Namespace(name="sac-4x", force=False), better, parser, staging)
+    assert staging.is_dir()
+    same = {"squad": [row("new", [0.0, 1.0] * 10), row("sac-4x version 1", [1.0, 0.0] * 10)]}
+    ship.replaces(argparse.Namespace(name="sac-4x", force=True), same, parser, staging)
+    with pytest.raises(SystemExit):
+        ship.replaces(argparse.Namespace(name="sac-4x", force=False), same, parser, staging)
+    assert not staging.exists()  # nothing half-shipped

@@ -174,7 +174,11 @@ def model_card(
     for test, results in tests.items():
         spec = setting["tests"][test]
         metric = metric_of(results)
-        references = [r for r in results[1:] if r.method.startswith(REFERENCE_PREFIX)]
+        references = [  # the trained references and the version it replaces
+            r
+            for r in results[1:]
+            if r.method.startswith(REFERENCE_PREFIX) or " version " in r.method
+        ]
         lines += [f"### `{spec['source']}` ({results[0].overall['n']} items)", ""]
         lines += [markdown_table(results), ""]
         if references:
@@ -183,6 +187,20 @@ def model_card(
             references = [*references, max(free, key=lambda r: r.overall[metric])]
         standings.append(standing(spec["source"], results[0], references, metric))
     lines += ["## Where it stands", "", *standings]
+    history = shipped.history(args.package_root / f".{name}.staging")
+    if history:
+        lines += ["", "## Versions", ""]
+        lines += [
+            f"- version {v['version']}: {v['changed']}"
+            + (f" (`{v['trained']}`)" if v.get("trained") else "")
+            + f"; fingerprint `{v['fingerprint']}`"
+            for v in history
+        ]
+        lines += [
+            "",
+            "A context saved with an earlier version is refused by this one, naming the "
+            "version that made it: compress the text again.",
+        ]
     lines += [
         "",
         "The rows `trained_*` come from the retrain command above (the same data, steps and "
@@ -227,6 +245,15 @@ def main() -> None:
         metavar="NAME",
         help="measure the demo of the shipped NAME again (its weights stay); nothing else",
     )
+    parser.add_argument(
+        "--what-changed",
+        default="",
+        help="replacing a shipped compressor: what the new version changes (its card and "
+        "history.json keep every version)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace a shipped version it does not beat"
+    )
     parser.add_argument("--package-root", type=Path, default=PACKAGE_ROOT)
     parser.add_argument("--eval-limit", type=int, default=None, help="default: the spec's")
     args = parser.parse_args()
@@ -257,6 +284,14 @@ def main() -> None:
     if not (source / "ctxcompress.json").is_file():
         parser.error(f"{source} is not a trained compressor: run {benchmark.script} first")
     target = args.package_root / args.name
+    old = cc.load_compressor(target) if (target / shipped.MANIFEST).is_file() else None
+    if old is not None and not args.what_changed:
+        parser.error(
+            f"embedded:{args.name} is shipped: say what the new version changes (--what-changed)"
+        )
+    versions = shipped.history(target) if old is not None else []
+    if old is not None and not versions:  # shipped before versions were recorded
+        versions = [{"version": 1, "fingerprint": old.fingerprint, "changed": FIRST}]
     staging = target.with_name(f".{args.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
@@ -268,19 +303,32 @@ def main() -> None:
     base_args = argparse.Namespace(eval_limit=args.eval_limit)
     for test in benchmark.settings[args.setting]["tests"]:
         examples = benchmark.test_examples(args.setting, test, base_args)
-        result = evaluate(
-            comp, examples, max_new_tokens=32, batch_size=16, label=f"{args.name} (shipped)"
-        )
+        limits = {"max_new_tokens": 32, "batch_size": 16}
+        result = evaluate(comp, examples, label=f"{args.name} (shipped)", **limits)
         folder = benchmark.eval_folder(args.setting, test, out)
         others = [  # the float32 weights before storage last, for comparison
             EvalResult.load(folder / f"{s}.json")
             for s in (*card_references(benchmark, args.setting, args.system), args.system)
             if (folder / f"{s}.json").is_file()
         ]
+        if old is not None:  # the version it replaces, on the same items
+            label = f"{args.name} version {versions[-1]['version']}"
+            others.insert(0, evaluate(old, examples, label=label, **limits))
         spec = benchmark.settings[args.setting]["tests"][test]
         training_free[test] = standard_references(spec.get("standard"), [result])
         tests[test] = [result, *others, *training_free[test]]
-    del comp
+    if old is not None:
+        replaces(args, tests, parser, staging)
+    versions.append(
+        {
+            "version": versions[-1]["version"] + 1 if versions else 1,
+            "fingerprint": comp.fingerprint,
+            "changed": args.what_changed or FIRST,
+            "trained": f"configs/benchmarks/{args.benchmark}.yaml {args.setting} {args.system}",
+        }
+    )
+    (staging / shipped.HISTORY).write_text(json.dumps({"versions": versions}, indent=2) + "\n")
+    del comp, old
     (staging / "MODEL_CARD.md").write_text(
         model_card(args.name, args, cc.load_compressor(staging), tests, training_free)
     )
@@ -302,6 +350,26 @@ def main() -> None:
     record_demo(target, demo)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     print(f"shipped embedded:{args.name} into {target} ({size / 2**20:.1f} MiB)")
+
+
+FIRST = "the first shipped version"
+
+
+def replaces(args, tests: dict[str, list[EvalResult]], parser, staging: Path) -> None:
+    """A new version replaces the shipped one only where it beats it: on the setting's first
+    test, the new weights minus the shipped ones on the same items, paired 95% interval
+    above zero (``--force`` ships anyway, said on the card by its versions list)."""
+    test, results = next(iter(tests.items()))
+    metric = metric_of(results)
+    difference = paired_difference(results[0], results[1], metric)
+    print(f"new minus shipped on {test} ({metric}): {difference.percent(signed=True)}")
+    if difference.low <= 0 and not args.force:
+        shutil.rmtree(staging, ignore_errors=True)
+        parser.error(
+            f"the new weights do not beat embedded:{args.name} on {test}: "
+            f"{difference.percent(signed=True)} {metric} (paired 95% interval); nothing "
+            "shipped (--force ships anyway)"
+        )
 
 
 def needles(args) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,8 +122,18 @@ class CompressedContext:
         if self.original_length < 1:
             raise CorruptFileError(f"original_length must be >= 1, got {self.original_length}.")
 
-    def check_compatible(self, *, method: str, base_model: str, compressor: str | None = None):
-        """Refuse a context made by another method, base model or trained compressor."""
+    def check_compatible(
+        self,
+        *,
+        method: str,
+        base_model: str,
+        compressor: str | None = None,
+        versions: Mapping[str, str] | None = None,
+    ):
+        """Refuse a context made by another method, base model or trained compressor.
+        ``versions``: the fingerprints of a shipped compressor's versions by what to call
+        them (``"embedded:sac-4x version 1"``), current one included, so that a context made
+        by an earlier version says so."""
         if self.method != method:
             raise ContextMismatchError(
                 f"This context was made by method {self.method!r}; it cannot be read by a "
@@ -134,6 +145,13 @@ class CompressedContext:
                 "Load the compressor it was made with, or compress the text again."
             )
         if compressor is not None and self.compressor != compressor:
+            versions = versions or {}
+            if self.compressor in versions and compressor in versions:
+                raise ContextMismatchError(
+                    f"This context was made by {versions[self.compressor]}; the installed one "
+                    f"is {versions[compressor]} (other trained weights: its MODEL_CARD.md says "
+                    "what changed). Compress the text again."
+                )
             raise ContextMismatchError(
                 f"This context was made by compressor {self.compressor}; the loaded one is "
                 f"{compressor} (other trained weights). Compress the text again."

@@ -7,7 +7,9 @@ with its SHA-256. :func:`resolve` checks every file against the manifest before 
 loaded, so a missing or altered file is a clear error, never a silently different model.
 
 Shipped: ``embedded:sac-4x``, ``embedded:sac-16x`` and ``embedded:pic-16x`` (issue 19;
-``benchmarks/headline/ship.py`` adds one).
+``benchmarks/headline/ship.py`` adds one). A compressor replaced by a newer version keeps its
+name; its ``history.json`` lists every version's fingerprint, so a context saved with an
+earlier version is refused saying which version made it.
 Any other ``embedded:<name>`` of a compressor is refused with a message listing what is
 shipped. A primitive (the standard library and the package's errors and atomic writes).
 """
@@ -85,6 +87,29 @@ def resolve(spec: str) -> Path:
                 "file was altered or damaged): reinstall ctxcompress"
             )
     return folder
+
+
+HISTORY = "history.json"
+"""A shipped compressor's versions, oldest first: ``{"versions": [{"version", "fingerprint",
+"changed"}]}``; the last is the one installed (``benchmarks/headline/ship.py`` appends)."""
+
+
+def history(folder: Path) -> list[dict]:
+    """The versions recorded in ``folder`` (none for a compressor shipped before them)."""
+    path = folder / HISTORY
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["versions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{path} is unreadable: {exc}") from exc
+
+
+def versions(spec: str, folder: Path) -> dict[str, str]:
+    """Fingerprint -> ``"embedded:<name> version N"`` for every recorded version of the
+    shipped compressor ``spec`` whose (checked) folder is ``folder``: what a context made by
+    an earlier version is told."""
+    return {v["fingerprint"]: f"{spec} version {v['version']}" for v in history(folder)}
 
 
 def write_manifest(folder: Path) -> Path:

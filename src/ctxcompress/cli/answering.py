@@ -348,9 +348,7 @@ def compressor_for(ctx, model, base_model, method, ratio, dtype, device):
 
 def check_match(ctx: CompressedContext, comp, fresh: bool) -> None:
     try:
-        ctx.check_compatible(
-            method=comp.method, base_model=comp.base_fingerprint, compressor=comp.fingerprint
-        )
+        comp.check_context(ctx)
     except ContextMismatchError as exc:
         if not fresh:
             raise

@@ -10,6 +10,7 @@ from ..errors import InvalidInputError, ModelLoadError
 from ..models import BaseModel, load_base_model
 from ..shipped import is_shipped_name
 from ..shipped import resolve as resolve_shipped
+from ..shipped import versions as shipped_versions
 from .answering import AnswerPlan
 from .base import Compressor
 from .config import CompressorConfig
@@ -98,15 +99,19 @@ def build_compressor(
 def load_compressor(path: str | os.PathLike, base_model: Any = None, **kwargs: Any) -> Compressor:
     """Load any compressor saved with ``save_pretrained`` (the method is read from the folder),
     or a shipped one by name (``"embedded:sac-4x"``; its files' checksums checked first)."""
-    if is_shipped_name(path):
-        path = resolve_shipped(str(path))
+    name = str(path) if is_shipped_name(path) else None
+    if name is not None:
+        path = resolve_shipped(name)
     header = read_header(Path(path))
     if header["method"] not in METHODS:
         raise ModelLoadError(
             f"{path} holds a {header['method']!r} compressor, unknown to this version of "
             f"ctxcompress (known: {', '.join(METHODS)})."
         )
-    return METHODS[header["method"]].from_pretrained(path, base_model=base_model, **kwargs)
+    comp = METHODS[header["method"]].from_pretrained(path, base_model=base_model, **kwargs)
+    if name is not None:
+        comp.versions = shipped_versions(name, Path(path))
+    return comp
 
 
 __all__ = [

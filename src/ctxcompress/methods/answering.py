@@ -93,9 +93,7 @@ class AnsweringMixin:
         for c in {id(c): c for c in contexts}.values():
             if not isinstance(c, CompressedContext):
                 raise InvalidInputError(f"expected a CompressedContext, got {type(c).__name__}")
-            c.check_compatible(
-                method=self.method, base_model=self.base_fingerprint, compressor=self.fingerprint
-            )
+            self.check_context(c)
         limit = self.max_positions
         prompt_ids = []
         for i, (c, q) in enumerate(zip(contexts, qs, strict=True)):

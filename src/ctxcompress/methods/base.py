@@ -92,6 +92,9 @@ class Compressor(
         """Optimizer steps taken so far; the trainer sets it before each step (read by
         step-dependent recipes, e.g. SAC's ``encoder_attention_warmup_steps``)."""
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
+        self.versions: dict[str, str] = {}
+        """A shipped compressor's versions (fingerprint -> ``"embedded:<name> version N"``,
+        ``shipped.versions``): a context an earlier version made is refused saying so."""
         self._merge_encoder = False
         self._merged_cache: tuple[tuple[int, ...], list[nn.Parameter]] | None = None
         self._sink_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -385,10 +388,18 @@ class Compressor(
             expect_method=self.method,
             expect_base_model=self.base_fingerprint,
         )
-        ctx.check_compatible(
-            method=self.method, base_model=self.base_fingerprint, compressor=self.fingerprint
-        )
+        self.check_context(ctx)
         return ctx
+
+    def check_context(self, ctx: CompressedContext) -> None:
+        """Refuse a context another method, base model or trained compressor made (a
+        shipped compressor's earlier version says which version made it)."""
+        ctx.check_compatible(
+            method=self.method,
+            base_model=self.base_fingerprint,
+            compressor=self.fingerprint,
+            versions=self.versions,
+        )
 
     # ------------------------------------------------------------------ decoding
     def first_decoder_position(self, ctx: CompressedContext) -> int:

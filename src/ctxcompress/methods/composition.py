@@ -43,9 +43,7 @@ def compose_contexts(comp: Compressor, contexts: Sequence[CompressedContext]) ->
             raise InvalidInputError(
                 f"context {i} is a {type(ctx).__name__}, not a CompressedContext"
             )
-        ctx.check_compatible(
-            method=comp.method, base_model=comp.base_fingerprint, compressor=comp.fingerprint
-        )
+        comp.check_context(ctx)
         if ctx.compressed_length and ctx.positions is None:
             raise InvalidInputError(f"context {i} records no positions: it cannot be moved")
     total = sum(c.original_length for c in contexts)

@@ -44,9 +44,7 @@ def extend_ids(
     comp: SACCompressor, ctx: CompressedContext, new_ids: Sequence[int]
 ) -> CompressedContext:
     """``ctx`` grown by the token ids ``new_ids`` (see the module docstring)."""
-    ctx.check_compatible(
-        method=comp.method, base_model=comp.base_fingerprint, compressor=comp.fingerprint
-    )
+    comp.check_context(ctx)
     new_ids = [int(i) for i in new_ids]
     if not new_ids:
         raise InvalidInputError("nothing to add: the new text has no tokens")

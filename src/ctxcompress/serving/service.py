@@ -48,6 +48,7 @@ class Service:
         self.method = compressor.method
         self.base_fingerprint = compressor.base_fingerprint
         self.fingerprint = compressor.fingerprint
+        self.versions = compressor.versions
         self.model_name = f"ctxcompress-{self.method}-{self.fingerprint}"
         self.max_context_tokens = limits.max_context_tokens or compressor.max_context_tokens
         self.metrics = ServiceMetrics(store, batcher)
@@ -143,7 +144,10 @@ class Service:
             raise APIError(404, "not_found", f"no context with id {context_id!r}")
         ctx = await run_in_threadpool(self.store.get, context_id)
         ctx.check_compatible(
-            method=self.method, base_model=self.base_fingerprint, compressor=self.fingerprint
+            method=self.method,
+            base_model=self.base_fingerprint,
+            compressor=self.fingerprint,
+            versions=self.versions,
         )
         return ctx
 
