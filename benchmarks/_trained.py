@@ -776,6 +776,13 @@ class Benchmark:
                 "steps on "
                 + ", ".join(f"`{d['source']}`" for d in spec["train"])
                 + f"; dev curve on `{spec['dev']['source']}` every {steps['curve_every']} steps."
+                + (
+                    f" Each run continues `{spec['continues']}`'s run of the same system where "
+                    "that one stopped (the same recipe, seed and data order: its steps and dev "
+                    "points are this run's first ones)."
+                    if spec.get("continues")
+                    else ""
+                )
             )
             for test in spec["tests"]:
                 parts += self.test_report(setting, test, args)
