@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ctxcompress as cc
+from ctxcompress.evaluation import EvalResult, Prediction
 from ctxcompress.testing import tiny_model
 
 TEXT = (
@@ -88,3 +89,33 @@ def qa_file(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return path
+
+
+def scored_result(
+    label: str,
+    f1s: list[float],
+    *,
+    kept: int = 10,
+    original: int = 40,
+    metas: list[dict] | None = None,
+) -> EvalResult:
+    """An evaluation row with one F1 per item (ids 0..n-1; EM 0, the SAC-paper metrics equal
+    to them), each item keeping ``kept`` of ``original`` context tokens."""
+    metas = metas or [{} for _ in f1s]
+    predictions = [
+        Prediction(
+            id=str(i),
+            question="q",
+            prediction="a",
+            golds=["a"],
+            scores={"em": 0.0, "f1": f, "sac_em": 0.0, "sac_f1": f},
+            compressed_length=kept,
+            original_length=original,
+            meta=meta,
+        )
+        for i, (f, meta) in enumerate(zip(f1s, metas, strict=True))
+    ]
+    f1 = sum(f1s) / len(f1s)
+    overall = {"em": 0.0, "f1": f1, "sac_em": 0.0, "sac_f1": f1, "n": len(f1s)}
+    overall |= {"original_length": float(original), "compressed_length": float(kept)}
+    return EvalResult(label, original / kept, "qa", predictions, overall)

@@ -17,26 +17,15 @@ from benchmarks.quality import run as quality
 from benchmarks.recipe import run as recipe
 from benchmarks.standard import run as standard
 
-from ctxcompress.evaluation import EvalResult, Prediction
+from ctxcompress.evaluation import EvalResult
+from tests.conftest import scored_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_result(label: str, f1: float, positions=(0,)) -> EvalResult:
-    preds = [
-        Prediction(
-            id=str(i),
-            question="q",
-            prediction="a",
-            golds=["a"],
-            scores={"em": 0.0, "f1": f1, "sac_em": 0.0, "sac_f1": f1},
-            meta={"gold_position": pos},
-        )
-        for i, pos in enumerate(positions)
-    ]
-    overall = {"em": 0.0, "f1": f1, "sac_em": 0.0, "sac_f1": f1, "n": len(preds)}
-    overall |= {"original_length": 40.0, "compressed_length": 10.0}
-    return EvalResult(label, 4.0, "qa", preds, overall)
+    metas = [{"gold_position": pos} for pos in positions]
+    return scored_result(label, [f1] * len(positions), metas=metas)
 
 
 def test_fair_report_writes_partial_results_into_its_section(tmp_path):

@@ -15,7 +15,7 @@ from ctxcompress import shipped
 from ctxcompress.cli import app
 from ctxcompress.errors import CorruptFileError, ModelLoadError
 from ctxcompress.testing import tiny_model
-from tests.conftest import TEXT, has_embedded_model, randomize_trainables
+from tests.conftest import TEXT, has_embedded_model, randomize_trainables, scored_result
 
 
 @pytest.fixture
@@ -228,38 +228,27 @@ def test_the_verdict_names_the_best_compressed_row_against_the_runner_up_and_the
     the runner-up with a paired interval ("within noise" when it spans zero, and then "no
     clear winner"), and what it gives up against the best whole-text row."""
     from ctxcompress.demo.pretrained import reads_whole_text, verdict
-    from ctxcompress.evaluation import EvalResult, Prediction
-
-    def row(label: str, scores: list[float], kept: int) -> EvalResult:
-        predictions = [
-            Prediction(
-                id=str(i),
-                question="q",
-                prediction="a",
-                golds=["a"],
-                scores={"f1": f},
-                compressed_length=kept,
-                original_length=100,
-            )
-            for i, f in enumerate(scores)
-        ]
-        overall = {"f1": sum(scores) / len(scores), "n": len(scores)}
-        overall |= {"compressed_length": float(kept), "original_length": 100.0}
-        return EvalResult(label, 100 / kept, "qa", predictions, overall)
 
     clear = [1.0] * 20
     half = [0.0, 1.0] * 10
     rows = [
-        row("sac-4x", clear, 25),
-        row("truncation-4x", half, 25),
-        row("full_context (zero-shot)", clear, 100),
+        scored_result("sac-4x", clear, kept=25, original=100),
+        scored_result("truncation-4x", half, kept=25, original=100),
+        scored_result("full_context (zero-shot)", clear, kept=100, original=100),
     ]
     assert [reads_whole_text(r) for r in rows] == [False, False, True]
     line = verdict(4, rows, "f1")
     assert line.startswith("at 4x use [bold]sac-4x[/bold]: f1 100.0 vs truncation-4x 50.0 (+50.0")
     assert "the whole text (full_context (zero-shot)) 100.0: +0.0 [0.0, 0.0], within noise" in line
     assert line.endswith("20 items")
-    tied = verdict(4, [row("a", half, 25), row("b", half[::-1], 25)], "f1")
+    tied = verdict(
+        4,
+        [
+            scored_result("a", half, kept=25, original=100),
+            scored_result("b", half[::-1], kept=25, original=100),
+        ],
+        "f1",
+    )
     assert tied.startswith("at 4x no clear winner: a f1 50.0 vs b 50.0") and "within noise" in tied
 
 
@@ -354,22 +343,23 @@ def test_a_new_version_replaces_a_shipped_one_only_where_it_beats_it(tmp_path):
 
     from benchmarks.headline import ship
 
-    from ctxcompress.evaluation import EvalResult, Prediction
-
-    def row(label: str, scores: list[float]) -> EvalResult:
-        predictions = [
-            Prediction(id=str(i), question="q", prediction="a", golds=["a"], scores={"f1": f})
-            for i, f in enumerate(scores)
-        ]
-        return EvalResult(label, 4.0, "qa", predictions, {"f1": sum(scores) / len(scores)})
-
     parser = argparse.ArgumentParser()
     staging = tmp_path / ".sac-4x.staging"
     staging.mkdir()
-    better = {"squad": [row("new", [1.0] * 20), row("sac-4x version 1", [0.0, 1.0] * 10)]}
+    better = {
+        "squad": [
+            scored_result("new", [1.0] * 20),
+            scored_result("sac-4x version 1", [0.0, 1.0] * 10),
+        ]
+    }
     ship.replaces(argparse.Namespace(name="sac-4x", force=False), better, parser, staging)
     assert staging.is_dir()
-    same = {"squad": [row("new", [0.0, 1.0] * 10), row("sac-4x version 1", [1.0, 0.0] * 10)]}
+    same = {
+        "squad": [
+            scored_result("new", [0.0, 1.0] * 10),
+            scored_result("sac-4x version 1", [1.0, 0.0] * 10),
+        ]
+    }
     ship.replaces(argparse.Namespace(name="sac-4x", force=True), same, parser, staging)
     with pytest.raises(SystemExit):
         ship.replaces(argparse.Namespace(name="sac-4x", force=False), same, parser, staging)
