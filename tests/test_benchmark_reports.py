@@ -504,6 +504,8 @@ def test_levers_spec_builds_every_row_with_its_lever_after_one_shared_stage_1(tm
     assert levers_of(configs["sac_head_decoder"]) == {"selection": "head", "decoder": 32, "ramp": 0}
     assert levers_of(configs["sac_head_dense"]) == levers_of(configs["sac_head_decoder"])
     assert configs["sac_head_dense"].init_from.endswith("sac_dense/stage1/compressor")
+    assert levers_of(configs["sac_head_c128_decoder"]) == levers_of(configs["sac_head_decoder"])
+    assert configs["sac_head_c128_decoder"].method_options["chunk_size"] == 128
     # A setting without a systems list has every system, the zero-shot rows too: they have
     # no spec of their own and no teacher (regression: a KeyError after the first row).
     assert "zs_full_context" in bench.own_systems("screen_4x")
