@@ -188,20 +188,21 @@ def verdict(ratio: int, results: list[EvalResult], metric: str) -> str:
     def score(r: EvalResult) -> str:
         return f"{100 * r.overall[metric]:.1f}"
 
-    def compared(a: EvalResult, b: EvalResult) -> str:
-        difference = paired_difference(a, b, metric)
+    def compared(difference) -> str:
         noise = difference.low <= 0 <= difference.high
         return difference.percent(signed=True) + (", within noise" if noise else "")
 
     line = f"at {ratio}x use [bold]{best.method}[/bold]: {metric} {score(best)}"
     if len(ranked) > 1:
         runner = ranked[1]
-        if paired_difference(best, runner, metric).low <= 0:
+        lead = paired_difference(best, runner, metric)
+        if lead.low <= 0:
             line = f"at {ratio}x no clear winner: {best.method} {metric} {score(best)}"
-        line += f" vs {runner.method} {score(runner)} ({compared(best, runner)})"
+        line += f" vs {runner.method} {score(runner)} ({compared(lead)})"
     if whole:
         full = max(whole, key=lambda r: r.overall[metric])
-        line += f"; the whole text ({full.method}) {score(full)}: {compared(best, full)}"
+        given_up = paired_difference(best, full, metric)
+        line += f"; the whole text ({full.method}) {score(full)}: {compared(given_up)}"
     return f"{line} — {n} items"
 
 

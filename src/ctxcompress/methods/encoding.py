@@ -23,6 +23,33 @@ one batch of 16 and 1.9-2.0 in batches of 1-4 (2 threads, SmolLM2-135M); 4 Hotpo
 choice: the outputs are the same up to float rounding."""
 
 
+def length_batches(
+    lengths: Sequence[int],
+    size: int,
+    max_padding: float = 0.25,
+    max_tokens: int | None = MAX_BATCH_TOKENS,
+) -> list[list[int]]:
+    """Indices of rows of these ``lengths`` in batches of at most ``size`` rows of similar
+    length, longest first.
+
+    A row joins the current batch only if it would be padded by at most ``max_padding`` of
+    its own length (a 2-token remainder chunk batched with a 510-token chunk would otherwise
+    be padded to 510 and double the encoder's work) and the batch stays within
+    ``max_tokens`` padded tokens (:data:`MAX_BATCH_TOKENS`; None: no bound).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < size:
+            width = lengths[batches[-1][0]]  # the longest row of the batch
+            fits = max_tokens is None or (len(batches[-1]) + 1) * width <= max_tokens
+            if fits and width <= (1 + max_padding) * lengths[i]:
+                batches[-1].append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 def encode_in_length_batches(
     rows: Sequence[Any],
     size: int,
@@ -31,27 +58,11 @@ def encode_in_length_batches(
     max_padding: float = 0.25,
     max_tokens: int | None = MAX_BATCH_TOKENS,
 ) -> list[Any]:
-    """Run ``encode`` over ``rows`` in batches of at most ``size`` rows of similar length;
-    returns one result per row, in the original order. ``encode(batch)`` returns one result
-    per row.
-
-    Rows go longest first; a row joins the current batch only if it would be padded by at
-    most ``max_padding`` of its own length (a 2-token remainder chunk batched with a 510-token
-    chunk would otherwise be padded to 510 and double the encoder's work) and the batch stays
-    within ``max_tokens`` padded tokens (:data:`MAX_BATCH_TOKENS`; None: no bound).
-    """
-    order = sorted(range(len(rows)), key=lambda i: -length(rows[i]))  # stable
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and len(batches[-1]) < size:
-            width = length(rows[batches[-1][0]])  # the longest row of the batch
-            fits = max_tokens is None or (len(batches[-1]) + 1) * width <= max_tokens
-            if fits and width <= (1 + max_padding) * length(rows[i]):
-                batches[-1].append(i)
-                continue
-        batches.append([i])
+    """Run ``encode`` over ``rows`` in :func:`length_batches`; returns one result per row,
+    in the original order. ``encode(batch)`` returns one result per row."""
     results: list[Any] = [None] * len(rows)
-    for batch in batches:
+    lengths = [length(r) for r in rows]
+    for batch in length_batches(lengths, size, max_padding, max_tokens):
         for i, result in zip(batch, encode([rows[i] for i in batch]), strict=True):
             results[i] = result
     return results
@@ -111,8 +122,9 @@ def prefill_kv(
     empty = weight.new_zeros(cfg.num_hidden_layers, cfg.num_key_value_heads, 0, head_dim)
     out: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * len(rows)
     todo = [i for i, r in enumerate(rows) if len(r)]
-
-    def prefill(batch: list[int]) -> list[int]:
+    # Similar lengths together, within MAX_BATCH_TOKENS padded tokens a pass.
+    for chosen in length_batches([len(rows[i]) for i in todo], batch_size):
+        batch = [todo[j] for j in chosen]
         ids, valid = right_padded([rows[i] for i in batch])
         positions = torch.arange(ids.shape[1])[None].expand(len(batch), -1) + position_start
         cache = new_cache(cfg)
@@ -133,10 +145,6 @@ def prefill_kv(
         for j, i in enumerate(batch):
             n = len(rows[i])
             out[i] = (k[:, j, :, :n], v[:, j, :, :n])
-        return batch
-
-    # Similar lengths together, within MAX_BATCH_TOKENS padded tokens a pass.
-    encode_in_length_batches(todo, batch_size, lambda i: len(rows[i]), prefill)
     return out
 
 
